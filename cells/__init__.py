@@ -1,0 +1,1 @@
+"""Built-in cell plugins: one module per cell family (see rnnbench.registry)."""

@@ -1,0 +1,1 @@
+"""Hydra configs shipped with rnnbench (read through pkg://rnnbench.conf)."""

@@ -1,0 +1,61 @@
+"""Reading run records back: every ``summary.json`` under a results root becomes one
+row of a pandas DataFrame, and :func:`summary_table` turns that into the compact
+per-run table printed at the end of a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .records import SUMMARY_FILE
+
+log = logging.getLogger(__name__)
+
+
+def load_records(root: str | Path) -> pd.DataFrame:
+    """One row per run record under ``root`` (searched recursively).
+
+    Unreadable records are skipped with a warning naming the file. Nested fields
+    are flattened: ``task_params.seq_len`` -> ``seq_len``, the primary test and
+    best-validation metrics -> ``test`` and ``val_best``.
+    """
+    root = Path(root)
+    rows = []
+    for path in sorted(root.rglob(SUMMARY_FILE)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("skipping unreadable run record %s: %s", path, exc)
+            continue
+        metric = record.get("metric")
+        metrics = record.get("metrics") or {}
+        row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+        row.update(record.get("task_params") or {})
+        row["run_dir"] = record.get("run_dir", str(path.parent))
+        row["test"] = _number((metrics.get("test") or {}).get(metric))
+        row["val_best"] = _number((metrics.get("val_best") or {}).get(metric))
+        row["baseline"] = _number((record.get("baseline") or {}).get(metric))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def summary_table(frame: pd.DataFrame) -> str:
+    """A plain-text table: one line per run, sorted by task, T, cell and seed."""
+    columns = [c for c in ("task", "seq_len", "cell", "hidden_size", "bidirectional", "num_layers", "seed",
+                           "status", "metric", "test", "baseline", "solved", "steps", "steps_to_solve",
+                           "params", "tokens_per_s", "wall_time_s") if c in frame.columns]
+    sort = [c for c in ("task", "seq_len", "cell", "seed") if c in frame.columns]
+    table = frame[columns].sort_values(sort, kind="stable")
+    return table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")

@@ -1,0 +1,231 @@
+"""Command line: ``rnnbench [list|table] ...`` or ``rnnbench [-m] key=value ...``.
+
+``rnnbench cell=gru task=adding task.seq_len=100`` trains one run; ``-m`` with
+comma lists sweeps (``rnnbench -m cell=gru,lstm task=copy,adding seed=0,1``).
+Configs are composed by Hydra from the packaged ``rnnbench.conf``; see
+``rnnbench --help`` for the groups and ``rnnbench --cfg job`` for the result.
+
+``rnnbench list`` shows the registered cells and tasks and the config presets;
+``rnnbench table [RESULTS_DIR]`` prints a table of the run records found there.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import records
+from .errors import ConfigError
+
+log = logging.getLogger("rnnbench")
+
+SUBCOMMANDS = ("list", "table")
+_sweep_failures: list[str] = []
+
+
+def _error(message: str) -> None:
+    print(f"rnnbench: error: {message}", file=sys.stderr)
+
+
+def _record_config_error(run_dir: Path, cfg: DictConfig, exc: ConfigError) -> None:
+    """In a sweep, a job with bad input still leaves a record saying why it did not run."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation error is itself the bad input
+        config = None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.write_json_atomic(run_dir / records.SUMMARY_FILE, {
+        "record_version": records.RECORD_VERSION, "run_dir": str(run_dir),
+        "cell": OmegaConf.select(cfg, "cell.name"), "task": OmegaConf.select(cfg, "task.name"),
+        "seed": OmegaConf.select(cfg, "seed"), "status": "failed", "error": f"ConfigError: {exc}",
+        "config": config,
+    })
+
+
+def _remove_if_only_hydra_files(run_dir: Path) -> None:
+    """A run refused before it started leaves no empty run directory behind."""
+    import shutil
+
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        logging.shutdown()  # release Hydra's log file handle
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rnnbench.conf", config_name="config")
+def hydra_app(cfg: DictConfig):
+    """Hydra task function: one job of a run or a sweep."""
+    from .run import run_job  # heavy imports only once a job really runs
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        record = run_job(cfg, run_dir)
+    except ConfigError as exc:
+        if not sweeping:
+            _remove_if_only_hydra_files(run_dir)
+            _error(str(exc))
+            sys.exit(2)
+        log.error("job %s not run: %s", hydra_cfg.job.num, exc)
+        _record_config_error(run_dir, cfg, exc)
+        return None
+    except Exception as exc:
+        if not sweeping:
+            raise
+        log.exception("job %s failed (recorded in %s); the sweep goes on", hydra_cfg.job.num, run_dir)
+        return None
+    test = record["metrics"].get("test", {})
+    metric = record["metric"]
+    log.info("%s on %s: status=%s %s=%s solved=%s steps=%d record=%s", record["cell"], record["task"],
+             record["status"], metric, test.get(metric), record["solved"], record["steps"],
+             run_dir / records.SUMMARY_FILE)
+    return test.get(metric)
+
+
+class SweepTable(Callback):
+    """Hydra callback: at the end of a sweep, print one table of its run records."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from .analysis import load_records, summary_table
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        frame = load_records(sweep_dir)
+        if frame.empty:
+            return
+        print(f"\nrnnbench: {len(frame)} runs in {sweep_dir}\n")
+        print(summary_table(frame))
+        bad = frame[~frame["status"].isin(["finished", "diverged"])]
+        _sweep_failures.extend(bad["run_dir"].astype(str))
+
+
+def list_registered() -> None:
+    """Print registered cells and tasks (installed plugins are listed, not imported)."""
+    from importlib.resources import files
+
+    from .registry import CELLS, TASKS
+
+    conf = files("rnnbench.conf")
+    for registry, group in ((CELLS, "cell"), (TASKS, "task")):
+        plugins = registry.entry_points()
+        print(f"{registry.kind}s:")
+        for name in registry.names():
+            if name in plugins and name not in registry._classes:
+                dist = getattr(plugins[name].dist, "name", "?")
+                origin = f"plugin from {dist} ({plugins[name].value}), not imported"
+            else:
+                origin = registry.get(name).__module__
+            print(f"  {name:<16} {origin}")
+        presets = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        print(f"  config presets ({group}=...): {', '.join(presets)}")
+    for group in ("trainer", "optim", "experiment"):
+        presets = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        print(f"{group} presets ({group}=...): {', '.join(presets) or '(none)'}")
+
+
+def config_search_path() -> list[str]:
+    """Extra config folders for Hydra, as ``file://`` entries.
+
+    - ``RNNBENCH_CONFIG_PATH``: folders separated by ``os.pathsep``, each holding
+      ``cell/``, ``task/`` ... subfolders of YAML presets;
+    - installed plugins' ``rnnbench.conf`` entry points, each naming a package
+      folder laid out the same way. The folder is located without importing the
+      plugin, so a broken plugin cannot break the command line.
+    """
+    import importlib.util
+    import os
+    from importlib.metadata import entry_points
+
+    paths = [Path(p).resolve() for p in os.environ.get("RNNBENCH_CONFIG_PATH", "").split(os.pathsep) if p]
+    if os.environ.get("RNNBENCH_NO_PLUGINS", "").strip() in ("", "0"):
+        for ep in entry_points(group="rnnbench.conf"):
+            top, *rest = ep.value.split(".")
+            spec = importlib.util.find_spec(top)
+            if spec is None or not spec.submodule_search_locations:
+                log.warning("ignoring config folder %r of plugin %r: package %r not found", ep.value,
+                            getattr(ep.dist, "name", "?"), top)
+                continue
+            paths.append(Path(list(spec.submodule_search_locations)[0]).joinpath(*rest))
+    return [f"file://{p}" for p in paths]
+
+
+def _presets(group: str, search_path: list[str]) -> set[str]:
+    """Names of the YAML presets of a config group over the packaged configs and ``search_path``."""
+    from importlib.resources import files
+
+    folders = [files("rnnbench.conf").joinpath(group)]
+    folders += [Path(entry[len("file://"):]) / group for entry in search_path]
+    found = set()
+    for folder in folders:
+        if folder.is_dir():
+            found.update(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return found
+
+
+def check_group_choices(overrides: list[str], search_path: list[str]) -> None:
+    """Refuse ``cell=NAME`` / ``task=NAME`` that name no preset, before Hydra does,
+    with the closest match and the registered names (Hydra's own message only
+    lists the YAML files)."""
+    import difflib
+
+    for override in overrides:
+        group, sep, value = override.partition("=")
+        if not sep or group not in ("cell", "task"):
+            continue
+        presets = _presets(group, search_path)
+        for name in value.split(","):
+            name = name.strip()
+            if name in presets or not name or name.startswith(("choice(", "range(", "glob(")):
+                continue
+            from .registry import CELLS, TASKS
+
+            registry = CELLS if group == "cell" else TASKS
+            if name in registry.entry_points():
+                registry.get(name)  # a broken plugin is reported here, naming its distribution
+            close = difflib.get_close_matches(name, sorted(presets), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown {group} {name!r}.{hint} Known {group} presets: {', '.join(sorted(presets))}. "
+                f"A registered {group} without a preset can be chosen with {group}.name={name} "
+                f"(list everything with `rnnbench list`); your own presets go in a folder on "
+                f"RNNBENCH_CONFIG_PATH as {group}/{name}.yaml."
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``rnnbench``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            if argv[0] == "list":
+                list_registered()
+            else:
+                from .analysis import load_records, summary_table
+
+                root = Path(argv[1] if len(argv) > 1 else "results")
+                frame = load_records(root)
+                print(summary_table(frame) if not frame.empty else f"no run records under {root}")
+        except ConfigError as exc:
+            _error(str(exc))
+            sys.exit(2)
+        return
+    search_path = config_search_path()
+    try:
+        check_group_choices([a for a in argv if not a.startswith("-")], search_path)
+    except ConfigError as exc:
+        _error(str(exc))
+        sys.exit(2)
+    if search_path and not any(a.startswith("hydra.searchpath=") for a in argv):
+        argv = [*argv, f"hydra.searchpath=[{','.join(search_path)}]"]
+    sys.argv = [sys.argv[0], *argv]
+    hydra_app()
+    if _sweep_failures:
+        _error(f"{len(_sweep_failures)} run(s) of the sweep failed; see their summary.json: "
+               + ", ".join(_sweep_failures))
+        sys.exit(1)

@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+A ``ConfigError`` means the user asked for something impossible or malformed. The
+CLI prints its message alone (no traceback) and exits with status 2, before any
+training starts. Messages say what was wrong, the value seen, and how to fix it.
+"""
+
+
+class RnnbenchError(Exception):
+    """Base class of every error rnnbench raises on purpose."""
+
+
+class ConfigError(RnnbenchError, ValueError):
+    """Bad configuration or input: reported as a one-paragraph message, no traceback."""
+
+
+class RegistryError(ConfigError, KeyError):
+    """Unknown, duplicate or broken registry entry (cell or task)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DivergedError(RnnbenchError, FloatingPointError):
+    """The training loss became NaN or infinite; the run is recorded as ``diverged``."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}")
+        self.step = step
+        self.value = value
+
+
+def check(condition: bool, key: str, value, expected: str) -> None:
+    """Raise a ConfigError ``key=value: expected`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}.")

@@ -1,0 +1,152 @@
+"""Lightning glue: the module that trains any (task, model) pair, and the callbacks
+that watch a run (divergence, best/last metrics, ``solved``, throughput).
+
+The LightningModule knows nothing about particular tasks: it asks the task for
+loss and metrics, logs them under ``train/``, ``val/`` and ``test/``, and builds
+the optimiser and schedule from the ``optim`` config.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from .errors import DivergedError
+from .task import Task
+
+
+class BenchModule(pl.LightningModule):
+    """Trains ``model`` on ``task`` with the optimiser described by ``optim``."""
+
+    def __init__(self, task: Task, model: nn.Module, optim: dict, max_steps: int):
+        super().__init__()
+        self.task = task
+        self.model = model
+        self.optim = dict(optim)
+        self.max_steps = max_steps
+        self.tokens_seen = 0  # time steps consumed by training on this rank
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        loss, metrics = self.task.loss_and_metrics(self.model, batch)
+        # Every rank takes the same decision, so a NaN on one rank stops them all.
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise DivergedError(self.global_step, float(loss.detach()) if bad else math.nan)
+        self.tokens_seen += self.task.count_tokens(batch)
+        for name, value in metrics.items():
+            self.log(f"train/{name}", value, prog_bar=(name == "loss"), on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch, stage: str):
+        _, metrics = self.task.loss_and_metrics(self.model, batch)
+        n = len(batch[0]) if isinstance(batch, (list, tuple)) else None
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=n,
+                     prog_bar=(name == self.task.metric))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model.parameters(), self.optim, self.max_steps)
+
+
+def build_optimizer(params, optim: dict, max_steps: int):
+    """Adam, RMSprop or SGD with a constant, cosine or step schedule (stepped per batch)."""
+    name = optim["name"]
+    lr, weight_decay = optim["lr"], optim.get("weight_decay", 0.0)
+    if name == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(optim.get("betas", (0.9, 0.999))),
+                                     weight_decay=weight_decay)
+    elif name == "rmsprop":
+        optimizer = torch.optim.RMSprop(params, lr=lr, alpha=optim.get("alpha", 0.99),
+                                        momentum=optim.get("momentum", 0.0), weight_decay=weight_decay)
+    elif name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.get("momentum", 0.0),
+                                    weight_decay=weight_decay)
+    else:  # validated earlier; kept as a guard for direct API use
+        raise ValueError(f"unknown optimiser {name!r}")
+
+    schedule = optim.get("schedule", "constant")
+    warmup = int(optim.get("warmup_steps", 0) or 0)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "step":
+            return optim.get("gamma", 0.1) ** ((step - warmup) // optim.get("step_size", 1000))
+        return 1.0
+
+    if schedule == "constant" and not warmup:
+        return optimizer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class RunTracker(pl.Callback):
+    """Follows a run: best and last validation metrics, first step at which the
+    task counted as solved (optionally stopping there), training time and tokens."""
+
+    def __init__(self, task: Task, stop_when_solved: bool):
+        self.task = task
+        self.stop_when_solved = stop_when_solved
+        self.val_last: dict[str, float] = {}
+        self.val_best: dict[str, float] = {}
+        self.best_step: int | None = None
+        self.solved_step: int | None = None
+        self.solved_time_s: float | None = None
+        self.train_time_s = 0.0
+        self._t0: float | None = None
+        self._fit_start: float | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self._fit_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._t0 is not None:
+            self.train_time_s += time.perf_counter() - self._t0
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        metrics = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if not metrics:
+            return
+        self.val_last = {**metrics, "step": trainer.global_step}
+        key, mode = self.task.metric, self.task.metric_mode
+        if key in metrics:
+            best = self.val_best.get(key)
+            better = best is None or (metrics[key] > best if mode == "max" else metrics[key] < best)
+            if better:
+                self.val_best = {**metrics, "step": trainer.global_step}
+                self.best_step = trainer.global_step
+        if self.solved_step is None and self.task.is_solved(metrics):
+            self.solved_step = trainer.global_step
+            self.solved_time_s = time.perf_counter() - (self._fit_start or time.perf_counter())
+            if self.stop_when_solved:
+                trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("val_last", "val_best", "best_step", "solved_step",
+                                              "solved_time_s", "train_time_s")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key, value in state_dict.items():
+            setattr(self, key, value)

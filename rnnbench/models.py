@@ -1,0 +1,91 @@
+"""Generic model topology around a cell stack: ``encoder -> stack -> linear head``.
+
+Tasks build their model with :class:`SequenceModel`; the cell (and its depth and
+direction) is whatever the stack factory makes, so every cell meets exactly the
+same model around it.
+
+- ``encoder`` (optional) turns the raw inputs of a batch into per-step features of
+  size ``input_size`` (e.g. :class:`OneHot` for token ids); without it the inputs
+  are fed to the stack as they are.
+- ``readout="all"``: the head is applied at every step, output ``(B, T, C)``
+  (sequence labelling, e.g. the copy task).
+- ``readout="last"``: the head is applied to the stack output at the last real
+  step, output ``(B, C)`` (sequence regression/classification, e.g. the adding
+  problem). With a bidirectional stack, the backward half of that output has seen
+  only the last input; the forward half has seen the whole sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+READOUTS = ("all", "last")
+
+
+class OneHot(nn.Module):
+    """Token ids ``(B, T)`` -> one-hot vectors ``(B, T, num_classes)``.
+
+    The identity matrix is a (non-persistent) buffer, so the one-hot vectors
+    follow the model's device and dtype (``model.to(...)``, ``model.double()``).
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("eye", torch.eye(num_classes), persistent=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.eye)
+
+
+class SequenceModel(nn.Module):
+    """``encoder (optional) -> stack -> linear head``.
+
+    Args:
+      make_stack:  the stack factory, ``input_size -> stack`` with
+                   ``stack(x, state=None, lengths=None) -> (y, state)``, batch-first,
+                   and an ``output_size`` attribute.
+      input_size:  features per step entering the stack (after the encoder).
+      output_size: outputs of the head (classes, or 1 for a scalar regression).
+      readout:     ``"all"`` (every step) or ``"last"`` (last real step only).
+      encoder:     optional module applied to the inputs before the stack.
+    """
+
+    def __init__(
+        self,
+        make_stack: Callable[[int], nn.Module],
+        input_size: int,
+        output_size: int,
+        *,
+        readout: str = "all",
+        encoder: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"readout={readout!r} is invalid: expected one of {READOUTS}.")
+        self.readout = readout
+        self.encoder = encoder
+        self.stack = make_stack(input_size)
+        self.head = nn.Linear(self.stack.output_size, output_size)
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        if self.encoder is not None:
+            x = self.encoder(x)
+        y, _ = self.stack(x, lengths=lengths)  # (B, T, stack.output_size)
+        if self.readout == "last":
+            if lengths is None:
+                y = y[:, -1]
+            else:
+                # The last real step of each sequence, not the padding after it.
+                last = torch.as_tensor(lengths, device=y.device).long() - 1
+                y = y[torch.arange(y.shape[0], device=y.device), last]
+        return self.head(y)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

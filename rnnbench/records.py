@@ -1,0 +1,124 @@
+"""Run records: one ``summary.json`` per run, written atomically.
+
+A record is the unit the analysis reads: the resolved config and its hash, what
+was trained (cell, task, sizes), how it ended (status, error), what it scored
+(best and last validation metrics, test metrics and which checkpoint they come
+from, the task's baseline and whether the ``solved`` criterion was met), and what
+it cost (steps, wall time, tokens/s, device, versions, git commit).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+RECORD_VERSION = 1
+
+# Config keys that change where or how verbosely a run is reported, not what it
+# computes; they are left out of the config hash so that the same experiment run
+# into another results directory is recognised as the same.
+HASH_EXCLUDED_KEYS = ("results_dir", "trainer.progress_bar", "trainer.log_every_n_steps")
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` via a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become strings ("nan", "inf") so the file stays valid JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a resolved config, ignoring :data:`HASH_EXCLUDED_KEYS`."""
+    trimmed = copy.deepcopy(config)
+    for dotted in HASH_EXCLUDED_KEYS:
+        node = trimmed
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    canonical = json.dumps(_jsonable(trimmed), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for dist in ("rnnbench", "torch", "pytorch-lightning", "hydra-core", "omegaconf"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def git_commit() -> dict[str, Any] | None:
+    """The git commit of the rnnbench source tree (and whether it had local changes), if any."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def device_description(accelerator: str, devices: int, num_nodes: int) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"accelerator": accelerator, "devices": devices, "num_nodes": num_nodes,
+                            "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        info["name"] = torch.cuda.get_device_name(0)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["cpu_count"] = os.cpu_count()
+    info["argv"] = sys.argv
+    return info

@@ -1,0 +1,150 @@
+"""Depth and direction for any cell: ``CellStack`` builds layers of cells.
+
+A stack of ``num_layers`` layers, each with one cell per direction. Layer 0 reads
+the input; layer ``l > 0`` reads the previous layer's outputs, both directions
+concatenated (``hidden_size × num_directions`` features), after inter-layer
+dropout in training mode. The backward direction reverses each sequence within
+its own length (padding stays at the end), runs its cell, and reverses back, so
+its final state is the state after reading position 0, as with PyTorch's packed
+sequences.
+
+The state is a tuple with one cell state per (layer, direction), ordered like
+PyTorch's ``h_n``: layer 0 forward, layer 0 backward, layer 1 forward, ...
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cell import State, length_mask
+from .errors import check
+
+
+class CellStack(nn.Module):
+    """``num_layers`` layers of ``cell_cls``, optionally bidirectional, batch-first.
+
+    ``CellStack(cell_cls, input_size, hidden_size, num_layers=1, bidirectional=False,
+    dropout=0.0, **cell_options)``; ``cell_options`` go to every ``cell_cls(...)``.
+    """
+
+    def __init__(
+        self,
+        cell_cls: type,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        **cell_options,
+    ):
+        super().__init__()
+        check(
+            isinstance(num_layers, int) and not isinstance(num_layers, bool) and num_layers >= 1,
+            "cell.num_layers", num_layers, "an integer >= 1",
+        )
+        check(isinstance(bidirectional, bool), "cell.bidirectional", bidirectional, "true or false")
+        check(
+            isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0,
+            "cell.dropout", dropout, "a number in [0, 1)",
+        )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                f"cell.dropout={dropout} has no effect with cell.num_layers=1: dropout is applied "
+                "between layers only.",
+                stacklevel=2,
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = float(dropout)
+        # layers[l][d]: the cell of layer l, direction d (0 forward, 1 backward).
+        self.layers = nn.ModuleList()
+        for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else hidden_size * self.num_directions
+            self.layers.append(
+                nn.ModuleList(
+                    cell_cls(layer_input_size, hidden_size, **cell_options) for _ in range(self.num_directions)
+                )
+            )
+
+    @property
+    def cells(self) -> list[nn.Module]:
+        """Every cell, in state order (layer 0 forward, layer 0 backward, layer 1 forward, ...)."""
+        return [cell for layer in self.layers for cell in layer]
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * self.num_directions
+
+    @property
+    def state_size(self) -> int:
+        """Floats of recurrent state per sequence, summed over every cell."""
+        return sum(cell.state_size for cell in self.cells)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, dropout={self.dropout}"
+        )
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> tuple[State, ...]:
+        return tuple(cell.initial_state(batch_size, device, dtype) for cell in self.cells)
+
+    def forward(
+        self, x: Tensor, state: Optional[tuple[State, ...]] = None, lengths: Optional[Tensor] = None
+    ) -> tuple[Tensor, tuple[State, ...]]:
+        """``(B, T, input_size) -> (B, T, output_size)`` and the final states; padded outputs are 0."""
+        batch_size, seq_len, _ = x.shape
+        num_cells = self.num_layers * self.num_directions
+        if state is None:
+            state = self.initial_state(batch_size, x.device, x.dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != num_cells:
+            raise ValueError(
+                f"CellStack state must be a tuple of {num_cells} cell states "
+                f"(one per layer and direction), got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        if lengths is not None:
+            length_mask(lengths, batch_size, seq_len, x.device)  # validates shape and range
+            lengths = torch.as_tensor(lengths, device=x.device)
+        reverse_index = _reverse_index(lengths, batch_size, seq_len, x.device) if self.bidirectional else None
+
+        final_states = []
+        out = x
+        for layer, directions in enumerate(self.layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                out = F.dropout(out, p=self.dropout, training=True)
+            outputs = []
+            for direction, cell in enumerate(directions):
+                cell_state = state[layer * self.num_directions + direction]
+                if direction == 0:
+                    y, cell_state = cell(out, cell_state, lengths)
+                else:
+                    y, cell_state = cell(_reverse(out, reverse_index), cell_state, lengths)
+                    y = _reverse(y, reverse_index)
+                outputs.append(y)
+                final_states.append(cell_state)
+            out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        return out, tuple(final_states)
+
+
+def _reverse_index(lengths: Optional[Tensor], batch_size: int, seq_len: int, device) -> Optional[Tensor]:
+    """``(B, T)`` indices reversing each row within its length (padding stays); None: plain flip."""
+    if lengths is None:
+        return None
+    t = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+    lengths = lengths.to(device=device, dtype=torch.long)[:, None]
+    return torch.where(t < lengths, lengths - 1 - t, t)
+
+
+def _reverse(x: Tensor, index: Optional[Tensor]) -> Tensor:
+    """Reverse ``(B, T, F)`` along time, per row by ``index`` (its own inverse)."""
+    if index is None:
+        return x.flip(1)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,179 @@
+"""The Task protocol: data, model topology around the cell, loss, metrics, and
+reference points (baseline and ``solved`` criterion).
+
+A task is configured from ``conf/task/<name>.yaml``; every key of that file except
+``name`` is a keyword argument of the task's constructor, which validates it and
+raises :class:`~rnnbench.errors.ConfigError` before any training starts.
+
+Synthetic tasks subclass :class:`SyntheticTask` and only write ``make_batch``:
+training data are fresh every step (batch ``k`` of rank ``r`` is a pure function
+of ``(data_seed, r, k)``, so a resumed run sees the same data), while validation
+and test sets are fixed by the data seed. ``train_size`` switches to a fixed
+training set of that many sequences, reshuffled every epoch (as in the TCN paper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, ClassVar, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from .errors import check
+
+def _is_int(value) -> bool:
+    """An integer that is not a bool (``True`` is an ``int`` in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+StackFactory = Callable[[int], nn.Module]  # input_size -> CellStack
+
+
+class Task:
+    """Base class of every task.
+
+    Class attributes a task sets:
+      ``causal``       True if outputs at step t may only depend on inputs <= t
+                       (bidirectional cells are then refused);
+      ``metric``       name of the primary validation metric (e.g. ``"mse"``);
+      ``metric_mode``  ``"min"`` or ``"max"``: which direction is better.
+    """
+
+    causal: ClassVar[bool] = False
+    metric: ClassVar[str] = "loss"
+    metric_mode: ClassVar[str] = "min"
+    name: ClassVar[str] = ""  # set by @register_task
+
+    def __init__(self, *, batch_size: int = 64, solved_threshold: Optional[float] = None):
+        check(_is_int(batch_size) and batch_size >= 1, "task.batch_size", batch_size, "an integer >= 1")
+        check(
+            solved_threshold is None or isinstance(solved_threshold, (int, float)),
+            "task.solved_threshold", solved_threshold, "a number or null",
+        )
+        self.batch_size = batch_size
+        self.solved_threshold = solved_threshold
+
+    # --- what the run record says about the task -------------------------------
+    def params(self) -> dict:
+        """Key task parameters for the run record (e.g. ``{"seq_len": 100}``)."""
+        return {}
+
+    def baseline(self) -> dict[str, float]:
+        """Metric values of a memoryless / trivial predictor, for reference."""
+        return {}
+
+    def is_solved(self, metrics: dict[str, float]) -> bool:
+        """True if ``metrics`` (validation or test) meet the ``solved`` criterion."""
+        if self.solved_threshold is None or self.metric not in metrics:
+            return False
+        value = float(metrics[self.metric])
+        return value >= self.solved_threshold if self.metric_mode == "max" else value <= self.solved_threshold
+
+    # --- model, loss, metrics -------------------------------------------------
+    def build_model(self, make_stack: StackFactory) -> nn.Module:
+        raise NotImplementedError
+
+    def loss_and_metrics(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return the training loss and a dict of named metric tensors (scalars)."""
+        raise NotImplementedError
+
+    def count_tokens(self, batch) -> int:
+        """Time steps processed in ``batch`` (for the throughput figure)."""
+        raise NotImplementedError
+
+    # --- data ------------------------------------------------------------------
+    def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0):
+        raise NotImplementedError
+
+    def val_dataloader(self, data_seed: int):
+        raise NotImplementedError
+
+    def test_dataloader(self, data_seed: int):
+        raise NotImplementedError
+
+
+def seeded_generator(*seeds: int) -> torch.Generator:
+    """A CPU generator seeded by hashing a tuple of integers (stable across runs and
+    machines; distinct tuples give unrelated streams)."""
+    digest = hashlib.blake2b(repr(tuple(int(s) for s in seeds)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+# Distinct streams so that train, validation and test data never coincide.
+TRAIN_STREAM, VAL_STREAM, TEST_STREAM, FIXED_TRAIN_STREAM = 1, 2, 3, 4
+
+
+class FreshBatches(IterableDataset):
+    """An endless stream of batches; batch ``k`` depends only on (seed, rank, k)."""
+
+    def __init__(self, make_batch, batch_size: int, data_seed: int, rank: int, start_step: int = 0):
+        self.make_batch = make_batch
+        self.batch_size = batch_size
+        self.data_seed = data_seed
+        self.rank = rank
+        self.start_step = start_step
+
+    def __iter__(self) -> Iterator:
+        step = self.start_step
+        while True:
+            yield self.make_batch(self.batch_size, seeded_generator(self.data_seed, TRAIN_STREAM, self.rank, step))
+            step += 1
+
+
+class SyntheticTask(Task):
+    """A task whose data come from ``make_batch(n, generator)``.
+
+    ``val_size`` / ``test_size`` sequences are generated once from the data seed;
+    ``train_size`` null means fresh training data every step.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        val_size: int = 1000,
+        test_size: int = 1000,
+        train_size: Optional[int] = None,
+        solved_threshold: Optional[float] = None,
+    ):
+        super().__init__(batch_size=batch_size, solved_threshold=solved_threshold)
+        check(_is_int(val_size) and val_size >= 1, "task.val_size", val_size, "an integer >= 1")
+        check(_is_int(test_size) and test_size >= 1, "task.test_size", test_size, "an integer >= 1")
+        check(
+            train_size is None or (_is_int(train_size) and train_size >= batch_size),
+            "task.train_size", train_size, f"null (fresh data every step) or an integer >= task.batch_size ({batch_size})",
+        )
+        self.val_size = val_size
+        self.test_size = test_size
+        self.train_size = train_size
+
+    def make_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` sequences ``(inputs, targets)`` drawn with ``generator`` by tensor ops."""
+        raise NotImplementedError
+
+    def count_tokens(self, batch) -> int:
+        inputs = batch[0]
+        return inputs.shape[0] * inputs.shape[1]
+
+    def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0):
+        if self.train_size is None:
+            stream = FreshBatches(self.make_batch, self.batch_size, data_seed, rank, start_step)
+            return DataLoader(stream, batch_size=None)
+        # A fixed training set, the same on every rank; DistributedSampler (added by
+        # Lightning under DDP) splits it between ranks.
+        inputs, targets = self.make_batch(self.train_size, seeded_generator(data_seed, FIXED_TRAIN_STREAM))
+        shuffle = seeded_generator(data_seed, FIXED_TRAIN_STREAM, 1)
+        return DataLoader(TensorDataset(inputs, targets), batch_size=self.batch_size, shuffle=True,
+                          generator=shuffle, drop_last=True)
+
+    def _fixed_loader(self, size: int, data_seed: int, stream: int) -> DataLoader:
+        inputs, targets = self.make_batch(size, seeded_generator(data_seed, stream))
+        return DataLoader(TensorDataset(inputs, targets), batch_size=max(self.batch_size, 256))
+
+    def val_dataloader(self, data_seed: int):
+        return self._fixed_loader(self.val_size, data_seed, VAL_STREAM)
+
+    def test_dataloader(self, data_seed: int):
+        return self._fixed_loader(self.test_size, data_seed, TEST_STREAM)

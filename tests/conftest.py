@@ -1,0 +1,43 @@
+"""Shared helpers: run the real CLI in a subprocess, from a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tiny budgets: every CLI run trains for seconds, but through the real code paths.
+TINY = [
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.progress_bar=none",
+    "cell.hidden_size=16",
+    "task.seq_len=10",
+    "task.batch_size=16",
+    "task.val_size=64",
+    "task.test_size=64",
+]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m rnnbench ARGS`` in ``cwd``; returns the finished process (text output)."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env.pop("RNNBENCH_RESULTS_DIR", None)
+    return subprocess.run([sys.executable, "-m", "rnnbench", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def summaries(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh directory outside the repository to launch the CLI from."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
