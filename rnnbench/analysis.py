@@ -53,9 +53,9 @@ def _number(value) -> float:
 
 def summary_table(frame: pd.DataFrame) -> str:
     """A plain-text table: one line per run, sorted by task, T, cell and seed."""
-    columns = [c for c in ("task", "seq_len", "cell", "hidden_size", "bidirectional", "num_layers", "seed",
+    columns = [c for c in ("task", "seq_len", "cell_preset", "cell", "hidden_size", "bidirectional", "num_layers", "seed",
                            "status", "metric", "test", "baseline", "solved", "steps", "steps_to_solve",
                            "params", "tokens_per_s", "wall_time_s") if c in frame.columns]
-    sort = [c for c in ("task", "seq_len", "cell", "seed") if c in frame.columns]
-    table = frame[columns].sort_values(sort, kind="stable")
+    sort = [c for c in ("task", "seq_len", "cell_preset", "cell", "seed") if c in frame.columns]
+    table = frame[columns].sort_values(sort, kind="stable").rename(columns={"cell_preset": "preset"})
     return table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")

@@ -67,7 +67,7 @@ def hydra_app(cfg: DictConfig):
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        record = run_job(cfg, run_dir)
+        record = run_job(cfg, run_dir, presets=dict(hydra_cfg.runtime.choices))
     except ConfigError as exc:
         if not sweeping:
             _remove_if_only_hydra_files(run_dir)

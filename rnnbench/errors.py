@@ -30,6 +30,11 @@ class DivergedError(RnnbenchError, FloatingPointError):
         self.value = value
 
 
+def is_int(value) -> bool:
+    """An integer that is not a bool (``True`` is an ``int`` in Python, not a valid size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check(condition: bool, key: str, value, expected: str) -> None:
     """Raise a ConfigError ``key=value: expected`` unless ``condition`` holds."""
     if not condition:

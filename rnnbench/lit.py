@@ -109,6 +109,7 @@ class RunTracker(pl.Callback):
         self.best_step: int | None = None
         self.solved_step: int | None = None
         self.solved_time_s: float | None = None
+        self.stopped_when_solved = False
         self.train_time_s = 0.0
         self._t0: float | None = None
         self._fit_start: float | None = None
@@ -140,12 +141,13 @@ class RunTracker(pl.Callback):
         if self.solved_step is None and self.task.is_solved(metrics):
             self.solved_step = trainer.global_step
             self.solved_time_s = time.perf_counter() - (self._fit_start or time.perf_counter())
-            if self.stop_when_solved:
+            if self.stop_when_solved and trainer.state.fn == "fit":
                 trainer.should_stop = True
+                self.stopped_when_solved = True
 
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("val_last", "val_best", "best_step", "solved_step",
-                                              "solved_time_s", "train_time_s")}
+                                              "solved_time_s", "stopped_when_solved", "train_time_s")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key, value in state_dict.items():

@@ -170,7 +170,7 @@ def _progress_bar(kind: str):
     return []
 
 
-def _base_record(exp: Experiment, run_dir: Path, world_size: int) -> dict[str, Any]:
+def _base_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict) -> dict[str, Any]:
     cfg, task, stack = exp.config, exp.task, exp.stack
     t = cfg["trainer"]
     return {
@@ -178,6 +178,9 @@ def _base_record(exp: Experiment, run_dir: Path, world_size: int) -> dict[str, A
         "run_dir": str(run_dir),
         "cell": cfg["cell"]["name"],
         "task": cfg["task"]["name"],
+        # The YAML presets chosen (e.g. cell=bigru is cell "gru" with bidirectional=true).
+        "cell_preset": presets.get("cell", cfg["cell"]["name"]),
+        "task_preset": presets.get("task", cfg["task"]["name"]),
         "task_params": task.params(),
         "hidden_size": cfg["cell"]["hidden_size"],
         "num_layers": cfg["cell"]["num_layers"],
@@ -209,7 +212,7 @@ def _base_record(exp: Experiment, run_dir: Path, world_size: int) -> dict[str, A
     }
 
 
-def run_job(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
+def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: dict | None = None) -> dict[str, Any]:
     """Validate, train, test and record one run in ``run_dir``; returns the record.
 
     Rank 0 writes ``config.yaml``, ``summary.json`` (at the start with status
@@ -232,10 +235,10 @@ def run_job(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     elif t["accelerator"] == "cpu" and world_size > 1:
         torch.set_num_threads(max(1, (torch.get_num_threads()) // world_size))
 
-    record = _base_record(exp, run_dir, world_size)
+    record = _base_record(exp, run_dir, world_size, presets or {})
     if is_rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / records.SUMMARY_FILE).exists() and distributed.global_rank() == 0 and not needs_local_ranks:
+        if (run_dir / records.SUMMARY_FILE).exists():
             previous = records.read_record(run_dir / records.SUMMARY_FILE)
             if previous.get("status") != "running":
                 raise ConfigError(f"{run_dir} already holds a finished run record; refusing to overwrite it. "
@@ -276,6 +279,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
+    warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")  # single process
 
 
 def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> None:
@@ -315,7 +319,8 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
         default_root_dir=run_dir,
     )
     data_seed = cfg["data_seed"]
-    train_loader = task.train_dataloader(data_seed, trainer.global_rank, trainer.world_size)
+    train_loader = task.train_dataloader(data_seed, trainer.global_rank, trainer.world_size,
+                                         num_batches=t["max_steps"])
     val_loader = task.val_dataloader(data_seed)
     try:
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
@@ -337,17 +342,13 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
 
 def _fill_progress(record: dict, trainer: pl.Trainer, module: BenchModule, tracker: RunTracker) -> None:
     record["steps"] = trainer.global_step
+    record["world_size"] = trainer.world_size  # processes that really trained (DDP ranks)
     record["train_time_s"] = round(tracker.train_time_s, 3)
     record["steps_to_solve"] = tracker.solved_step
     record["time_to_solve_s"] = None if tracker.solved_time_s is None else round(tracker.solved_time_s, 3)
     if tracker.train_time_s > 0:
         record["tokens_per_s"] = round(module.tokens_seen * trainer.world_size / tracker.train_time_s, 1)
-    record["stopped_early_when_solved"] = bool(tracker.solved_step is not None and trainer.global_step <
-                                               cfg_max_steps(record))
-
-
-def cfg_max_steps(record: dict) -> int:
-    return record["config"]["trainer"]["max_steps"]
+    record["stopped_early_when_solved"] = tracker.stopped_when_solved
 
 
 class BestCheckpoint(pl.Callback):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cell import State, length_mask
-from .errors import check
+from .errors import check, is_int
 
 
 class CellStack(nn.Module):
@@ -44,7 +44,7 @@ class CellStack(nn.Module):
     ):
         super().__init__()
         check(
-            isinstance(num_layers, int) and not isinstance(num_layers, bool) and num_layers >= 1,
+            is_int(num_layers) and num_layers >= 1,
             "cell.num_layers", num_layers, "an integer >= 1",
         )
         check(isinstance(bidirectional, bool), "cell.bidirectional", bidirectional, "true or false")

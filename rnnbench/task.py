@@ -21,11 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from .errors import check
-
-def _is_int(value) -> bool:
-    """An integer that is not a bool (``True`` is an ``int`` in Python)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+from .errors import check, is_int
 
 
 StackFactory = Callable[[int], nn.Module]  # input_size -> CellStack
@@ -47,7 +43,7 @@ class Task:
     name: ClassVar[str] = ""  # set by @register_task
 
     def __init__(self, *, batch_size: int = 64, solved_threshold: Optional[float] = None):
-        check(_is_int(batch_size) and batch_size >= 1, "task.batch_size", batch_size, "an integer >= 1")
+        check(is_int(batch_size) and batch_size >= 1, "task.batch_size", batch_size, "an integer >= 1")
         check(
             solved_threshold is None or isinstance(solved_threshold, (int, float)),
             "task.solved_threshold", solved_threshold, "a number or null",
@@ -84,7 +80,10 @@ class Task:
         raise NotImplementedError
 
     # --- data ------------------------------------------------------------------
-    def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0):
+    def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0,
+                         num_batches: Optional[int] = None):
+        """Training batches for ``rank`` of ``world_size``, from step ``start_step`` on;
+        ``num_batches`` is a hint (the step budget) for streams without a natural length."""
         raise NotImplementedError
 
     def val_dataloader(self, data_seed: int):
@@ -106,18 +105,29 @@ TRAIN_STREAM, VAL_STREAM, TEST_STREAM, FIXED_TRAIN_STREAM = 1, 2, 3, 4
 
 
 class FreshBatches(IterableDataset):
-    """An endless stream of batches; batch ``k`` depends only on (seed, rank, k)."""
+    """A stream of fresh batches; batch ``k`` depends only on (seed, rank, k).
 
-    def __init__(self, make_batch, batch_size: int, data_seed: int, rank: int, start_step: int = 0):
+    ``num_batches`` (e.g. the step budget) gives the stream a length, so progress
+    bars can show a total; None makes it endless.
+    """
+
+    def __init__(self, make_batch, batch_size: int, data_seed: int, rank: int, start_step: int = 0,
+                 num_batches: Optional[int] = None):
         self.make_batch = make_batch
         self.batch_size = batch_size
         self.data_seed = data_seed
         self.rank = rank
         self.start_step = start_step
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("an endless FreshBatches stream has no length")
+        return self.num_batches
 
     def __iter__(self) -> Iterator:
         step = self.start_step
-        while True:
+        while self.num_batches is None or step < self.start_step + self.num_batches:
             yield self.make_batch(self.batch_size, seeded_generator(self.data_seed, TRAIN_STREAM, self.rank, step))
             step += 1
 
@@ -139,10 +149,10 @@ class SyntheticTask(Task):
         solved_threshold: Optional[float] = None,
     ):
         super().__init__(batch_size=batch_size, solved_threshold=solved_threshold)
-        check(_is_int(val_size) and val_size >= 1, "task.val_size", val_size, "an integer >= 1")
-        check(_is_int(test_size) and test_size >= 1, "task.test_size", test_size, "an integer >= 1")
+        check(is_int(val_size) and val_size >= 1, "task.val_size", val_size, "an integer >= 1")
+        check(is_int(test_size) and test_size >= 1, "task.test_size", test_size, "an integer >= 1")
         check(
-            train_size is None or (_is_int(train_size) and train_size >= batch_size),
+            train_size is None or (is_int(train_size) and train_size >= batch_size),
             "task.train_size", train_size, f"null (fresh data every step) or an integer >= task.batch_size ({batch_size})",
         )
         self.val_size = val_size
@@ -157,9 +167,10 @@ class SyntheticTask(Task):
         inputs = batch[0]
         return inputs.shape[0] * inputs.shape[1]
 
-    def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0):
+    def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0,
+                         num_batches: Optional[int] = None):
         if self.train_size is None:
-            stream = FreshBatches(self.make_batch, self.batch_size, data_seed, rank, start_step)
+            stream = FreshBatches(self.make_batch, self.batch_size, data_seed, rank, start_step, num_batches)
             return DataLoader(stream, batch_size=None)
         # A fixed training set, the same on every rank; DistributedSampler (added by
         # Lightning under DDP) splits it between ranks.

@@ -33,16 +33,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from rnnbench.errors import check
+from rnnbench.errors import check, is_int
 from rnnbench.models import SequenceModel
 from rnnbench.registry import register_task
 from rnnbench.task import SyntheticTask
 
 PLACEMENTS = ("halves", "anywhere")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @register_task("adding")
@@ -69,7 +65,7 @@ class AddingTask(SyntheticTask):
             train_size=train_size, solved_threshold=solved_threshold,
         )
         # Two distinct marker positions (one per half for "halves") need T >= 2.
-        check(_is_int(seq_len) and seq_len >= 2, "task.seq_len", seq_len, "an integer >= 2")
+        check(is_int(seq_len) and seq_len >= 2, "task.seq_len", seq_len, "an integer >= 2")
         check(placement in PLACEMENTS, "task.placement", placement, f"one of {', '.join(PLACEMENTS)}")
         self.seq_len = seq_len
         self.placement = placement

@@ -33,16 +33,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from rnnbench.errors import check
+from rnnbench.errors import check, is_int
 from rnnbench.models import OneHot, SequenceModel
 from rnnbench.registry import register_task
 from rnnbench.task import SyntheticTask
 
 BLANK = 0
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @register_task("copy")
@@ -71,10 +67,10 @@ class CopyTask(SyntheticTask):
             batch_size=batch_size, val_size=val_size, test_size=test_size,
             train_size=train_size, solved_threshold=solved_threshold,
         )
-        check(_is_int(seq_len) and seq_len >= 1, "task.seq_len", seq_len, "an integer >= 1")
-        check(_is_int(copy_len) and copy_len >= 1, "task.copy_len", copy_len, "an integer >= 1")
+        check(is_int(seq_len) and seq_len >= 1, "task.seq_len", seq_len, "an integer >= 1")
+        check(is_int(copy_len) and copy_len >= 1, "task.copy_len", copy_len, "an integer >= 1")
         # One symbol would make the task trivial: a memoryless model recalls it.
-        check(_is_int(n_symbols) and n_symbols >= 2, "task.n_symbols", n_symbols, "an integer >= 2")
+        check(is_int(n_symbols) and n_symbols >= 2, "task.n_symbols", n_symbols, "an integer >= 2")
         self.seq_len = seq_len
         self.copy_len = copy_len
         self.n_symbols = n_symbols

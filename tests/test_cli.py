@@ -61,7 +61,7 @@ def test_ddp_cpu_run(workdir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")  # rank 1 wrote nothing
     assert record["status"] == "finished"
-    assert record["device"]["devices"] == 2
+    assert record["device"]["devices"] == 2 and record["world_size"] == 2
     assert record["steps"] == 20
 
 
@@ -76,6 +76,7 @@ def test_list_shows_registered_names(workdir):
     "args, expected",
     [
         (["cell=grux"], "Did you mean 'gru'"),
+        (["task=addding"], "unknown task 'addding'. Did you mean 'adding'"),
         (["cell.name=lstmm"], "unknown cell 'lstmm'. Did you mean 'lstm'"),
         (["task=adding", "task.seq_len=-5"], "task.seq_len=-5"),
         (["+task.colour=blue"], "task 'adding' has no option 'colour'"),
@@ -84,6 +85,8 @@ def test_list_shows_registered_names(workdir):
         (["trainer.max_time=10min"], "trainer.max_time"),
         (["seed=-1"], "seed=-1"),
         (["plugins=[does_not_exist.py]"], "does_not_exist.py"),
+        (["trainer=gpu"], "no CUDA GPU is visible"),
+        (["cell.dropout=1.5"], "cell.dropout=1.5"),
     ],
 )
 def test_bad_input_fails_before_training_with_a_clear_message(workdir, args, expected):
@@ -142,3 +145,45 @@ def test_run_directories_do_not_collide(workdir):
     assert len(records) == 2 and records[0]["run_dir"] != records[1]["run_dir"]
     assert records[0]["config_hash"] == records[1]["config_hash"]  # same experiment, recognisably
     assert json.loads(json.dumps(records[0]))  # plain JSON
+
+
+NAN_TASK = '''
+from rnnbench import register_task
+from rnnbench.tasks.adding import AddingTask
+
+@register_task("nan_after_5")
+class NanAfterFive(AddingTask):
+    """The adding problem whose training loss turns NaN at the 6th training step."""
+    training_calls = 0
+
+    def loss_and_metrics(self, model, batch):
+        loss, metrics = super().loss_and_metrics(model, batch)
+        if model.training:
+            NanAfterFive.training_calls += 1
+            if NanAfterFive.training_calls > 5:
+                loss = loss * float("nan")
+        return loss, metrics
+'''
+
+
+def test_nan_loss_stops_the_run_and_is_recorded_as_diverged(workdir):
+    (workdir / "nan_task.py").write_text(NAN_TASK)
+    proc = run_cli([*TINY, "plugins=[nan_task.py]", "task.name=nan_after_5"], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # diverging is a result, not a crash
+    (record,) = summaries(workdir / "results")
+    assert record["status"] == "diverged"
+    assert record["diverged_at_step"] == 5 and record["steps"] == 5
+    assert "nan" in record["error"]
+
+
+def test_console_script_and_table_command(workdir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "rnnbench"
+    proc = subprocess.run([str(script), *TINY, "trainer.max_steps=2", "trainer.val_check_interval=1"], cwd=workdir,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = subprocess.run([str(script), "table", "results"], cwd=workdir, capture_output=True, text=True)
+    assert table.returncode == 0 and "adding" in table.stdout and "finished" in table.stdout
