@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, length_mask
+from rnnbench.cell import Cell, last_real_outputs, length_mask, scan
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -81,6 +81,20 @@ class GRU(Cell):
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, reset_after={self.reset_after}"
+
+    # --- size and cost ---------------------------------------------------------------
+    @classmethod
+    def num_parameters(cls, input_size: int, hidden_size: int, bias: bool = True, **_) -> int:
+        """3 gates: ``3H(I + H)`` weights, plus ``6H`` biases (two per gate, as PyTorch)."""
+        H, I = hidden_size, input_size
+        return 3 * H * (I + H) + (6 * H if bias else 0)
+
+    def flops_per_step(self) -> int:
+        """``6HI + 6H²`` for the two matmuls (multiply-add = 2), ``6H`` bias adds,
+        ``2H`` to add input and recurrent parts of r and z, ``2H`` sigmoids,
+        ``3H`` for n (product with r, add, tanh), ``3H`` for the interpolation."""
+        H, I = self.hidden_size, self.input_size
+        return 6 * H * I + 6 * H * H + (6 * H if self.bias else 0) + 10 * H
 
     # --- one step -------------------------------------------------------------------
     def _recurrent_weights(self) -> tuple:
@@ -149,32 +163,17 @@ class GRU(Cell):
         if self.bias:
             weights += [self.bias_ih, self.bias_hh]
         # _VF.gru(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-        y, h_n = torch._VF.gru(x, state.unsqueeze(0), weights, self.bias, 1, 0.0, self.training, False, True)
-        if mask is None:
-            return y, h_n[0]
-        y = y * mask.unsqueeze(-1)
-        lengths = mask.sum(dim=1)
-        last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
-        h = torch.where((lengths > 0).unsqueeze(1), y.gather(1, last).squeeze(1), state)
-        return y, h
+        y, _ = torch._VF.gru(x, state.unsqueeze(0), weights, self.bias, 1, 0.0, self.training, False, True)
+        return last_real_outputs(y, state, mask)
 
     def _loop(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Python loop over time; padding masked exactly like :meth:`Cell.loop_steps`."""
-        batch_size, seq_len, _ = x.shape
-        if seq_len == 0:
-            return x.new_zeros(batch_size, 0, self.hidden_size), state
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)  # every input projection in one GEMM
+        """Python loop over time (one GEMM for every input projection first); padding
+        masked exactly like :meth:`Cell.loop_steps`."""
+        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
         weights = self._recurrent_weights()
-        h = state
-        outputs = []
-        # unbind, not gi_all[:, t]: indexing in a differentiated loop costs O(T^2) in backward.
-        for t, gi in enumerate(gi_all.unbind(1)):
-            h_new = self._update(gi, h, weights)[0]
-            if mask is None:
-                h = h_new
-                outputs.append(h_new)
-            else:
-                real = mask[:, t, None]
-                h = torch.where(real, h_new, h)
-                outputs.append(h_new * real)
-        return torch.stack(outputs, dim=1), h
+
+        def step(gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+            h = self._update(gi, h, weights)[0]
+            return h, h
+
+        return scan(step, gi_all, state, mask, self.hidden_size)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, length_mask
+from rnnbench.cell import Cell, length_mask, scan
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -101,6 +101,20 @@ class LSTM(Cell):
         """``(h, c)``, both zeros ``(B, H)``."""
         h = super().initial_state(batch_size, device, dtype)
         return h, torch.zeros_like(h)
+
+    # --- size and cost ---------------------------------------------------------------
+    @classmethod
+    def num_parameters(cls, input_size: int, hidden_size: int, bias: bool = True, **_) -> int:
+        """4 gates: ``4H(I + H)`` weights, plus ``8H`` biases (two per gate, as PyTorch)."""
+        H, I = hidden_size, input_size
+        return 4 * H * (I + H) + (8 * H if bias else 0)
+
+    def flops_per_step(self) -> int:
+        """``8HI + 8H²`` for the two matmuls (multiply-add = 2), ``8H`` bias adds,
+        ``4H`` to add input and recurrent parts, ``4H`` gate nonlinearities,
+        ``3H`` for c' = f ⊙ c + i ⊙ g, ``2H`` for h' = o ⊙ tanh(c')."""
+        H, I = self.hidden_size, self.input_size
+        return 8 * H * I + 8 * H * H + (8 * H if self.bias else 0) + 13 * H
 
     # --- one step -------------------------------------------------------------------
     def _update(self, gi: Tensor, state: LSTMState) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -199,22 +213,12 @@ class LSTM(Cell):
         return y, (h, c)
 
     def _loop(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]) -> tuple[Tensor, LSTMState]:
-        """Python loop over time; padding masked exactly like :meth:`Cell.loop_steps`."""
-        batch_size, seq_len, _ = x.shape
-        if seq_len == 0:
-            return x.new_zeros(batch_size, 0, self.hidden_size), state
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)  # every input projection in one GEMM
-        h, c = state
-        outputs = []
-        # unbind, not gi_all[:, t]: indexing in a differentiated loop costs O(T^2) in backward.
-        for t, gi in enumerate(gi_all.unbind(1)):
-            h_new, c_new, _ = self._update(gi, (h, c))
-            if mask is None:
-                h, c = h_new, c_new
-                outputs.append(h_new)
-            else:
-                real = mask[:, t, None]
-                h = torch.where(real, h_new, h)
-                c = torch.where(real, c_new, c)
-                outputs.append(h_new * real)
-        return torch.stack(outputs, dim=1), (h, c)
+        """Python loop over time (one GEMM for every input projection first); padding
+        masked exactly like :meth:`Cell.loop_steps`."""
+        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
+
+        def step(gi: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+            h, c, _ = self._update(gi, state)
+            return h, (h, c)
+
+        return scan(step, gi_all, state, mask, self.hidden_size)

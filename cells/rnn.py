@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, length_mask
+from rnnbench.cell import Cell, last_real_outputs, length_mask, scan
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -72,6 +72,19 @@ class RNN(Cell):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, nonlinearity={self.nonlinearity!r}"
 
+    # --- size and cost ---------------------------------------------------------------
+    @classmethod
+    def num_parameters(cls, input_size: int, hidden_size: int, bias: bool = True, **_) -> int:
+        """``H(I + H)`` weights, plus ``2H`` biases (two, as PyTorch)."""
+        H, I = hidden_size, input_size
+        return H * (I + H) + (2 * H if bias else 0)
+
+    def flops_per_step(self) -> int:
+        """``2HI + 2H²`` for the two matmuls (multiply-add = 2), ``2H`` bias adds,
+        ``H`` to add the two parts, ``H`` for the nonlinearity."""
+        H, I = self.hidden_size, self.input_size
+        return 2 * H * I + 2 * H * H + (2 * H if self.bias else 0) + 2 * H
+
     # --- one step -------------------------------------------------------------------
     def _update(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """One update from the input projection ``gi = W_ih x + b_ih``; returns h', a."""
@@ -117,31 +130,16 @@ class RNN(Cell):
             weights += [self.bias_ih, self.bias_hh]
         kernel = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
         # _VF.rnn_*(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-        y, h_n = kernel(x, state.unsqueeze(0), weights, self.bias, 1, 0.0, self.training, False, True)
-        if mask is None:
-            return y, h_n[0]
-        y = y * mask.unsqueeze(-1)
-        lengths = mask.sum(dim=1)
-        last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
-        h = torch.where((lengths > 0).unsqueeze(1), y.gather(1, last).squeeze(1), state)
-        return y, h
+        y, _ = kernel(x, state.unsqueeze(0), weights, self.bias, 1, 0.0, self.training, False, True)
+        return last_real_outputs(y, state, mask)
 
     def _loop(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Python loop over time; padding masked exactly like :meth:`Cell.loop_steps`."""
-        batch_size, seq_len, _ = x.shape
-        if seq_len == 0:
-            return x.new_zeros(batch_size, 0, self.hidden_size), state
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)  # every input projection in one GEMM
-        h = state
-        outputs = []
-        # unbind, not gi_all[:, t]: indexing in a differentiated loop costs O(T^2) in backward.
-        for t, gi in enumerate(gi_all.unbind(1)):
-            h_new = self._update(gi, h)[0]
-            if mask is None:
-                h = h_new
-                outputs.append(h_new)
-            else:
-                real = mask[:, t, None]
-                h = torch.where(real, h_new, h)
-                outputs.append(h_new * real)
-        return torch.stack(outputs, dim=1), h
+        """Python loop over time (one GEMM for every input projection first); padding
+        masked exactly like :meth:`Cell.loop_steps`."""
+        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
+
+        def step(gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+            h = self._update(gi, h)[0]
+            return h, h
+
+        return scan(step, gi_all, state, mask, self.hidden_size)

@@ -106,20 +106,101 @@ class Cell(nn.Module):
         if state is None:
             state = self.initial_state(batch_size, x.device, x.dtype)
         mask = length_mask(lengths, batch_size, seq_len, x.device)
-        outputs = []
-        # unbind, not x[:, t]: indexing in a differentiated loop costs O(T^2) in backward.
-        for t, x_t in enumerate(x.unbind(1)):
-            y_t, new_state = self.step(x_t, state)
-            if mask is None:
-                state = new_state
-            else:
-                real = mask[:, t, None]
-                state = map_state(lambda new, old: torch.where(_expand(real, new), new, old), new_state, state)
-                y_t = y_t * real
-            outputs.append(y_t)
-        if not outputs:
-            return x.new_zeros(batch_size, 0, self.output_size), state
-        return torch.stack(outputs, dim=1), state
+        return scan(self.step, x, state, mask, self.output_size)
+
+    # --- introspection ----------------------------------------------------------------
+    def step_with_gates(self, x_t: Tensor, state: State) -> tuple[Tensor, State, dict[str, Tensor]]:
+        """:meth:`step` plus the named intermediates of ``gate_names`` (each ``(B, H)``).
+
+        Cells that expose gates override this; the default exposes nothing.
+        """
+        y_t, state = self.step(x_t, state)
+        return y_t, state, {}
+
+    def forward_with_gates(
+        self, x: Tensor, state: Optional[State] = None, lengths: Optional[Tensor] = None
+    ) -> tuple[Tensor, State, dict[str, Tensor]]:
+        """``forward`` through the reference steps, also returning every exposed
+        intermediate over time: ``{name: (B, T, ...)}`` (zeros at padded steps).
+
+        Same values as :meth:`forward`; slower, so only used when something is recorded.
+        """
+        batch_size, seq_len, _ = x.shape
+        if state is None:
+            state = self.initial_state(batch_size, x.device, x.dtype)
+        mask = length_mask(lengths, batch_size, seq_len, x.device)
+        gates_over_time: list[dict[str, Tensor]] = []
+
+        def step(x_t, state):
+            y_t, state, gates = self.step_with_gates(x_t, state)
+            gates_over_time.append(gates)
+            return y_t, state
+
+        y, state = scan(step, x, state, mask, self.output_size)
+        names = gates_over_time[0].keys() if gates_over_time else ()
+        gates = {name: torch.stack([g[name] for g in gates_over_time], dim=1) for name in names}
+        if mask is not None:
+            gates = {name: g * mask.view(batch_size, seq_len, *([1] * (g.dim() - 2))).to(g.dtype)
+                     for name, g in gates.items()}
+        return y, state, gates
+
+    # --- constraints and cost ------------------------------------------------------------
+    def constrain_(self) -> None:
+        """Project parameters back into their allowed set; called after every
+        optimiser step (e.g. IndRNN clips its recurrent weights). Default: nothing."""
+
+    def flops_per_step(self) -> Optional[int]:
+        """Forward FLOPs per sequence per time step (a multiply-add counts 2; elementwise
+        operations count 1 each), by formula; None if the cell does not say."""
+        return None
+
+    @classmethod
+    def num_parameters(cls, input_size: int, hidden_size: int, **options) -> Optional[int]:
+        """Trainable parameters of one cell, by formula (tests check it against the
+        counted parameters); None if the cell does not say."""
+        return None
+
+
+def scan(
+    step: Callable[[Tensor, State], tuple[Tensor, State]],
+    inputs: Tensor,
+    state: State,
+    mask: Optional[Tensor],
+    output_size: int,
+) -> tuple[Tensor, State]:
+    """Run ``step(input_t, state) -> (y_t, state)`` over ``inputs.unbind(1)``.
+
+    Padded steps (``mask[b, t]`` False) keep the previous state and output zeros.
+    ``inputs`` may be raw inputs or precomputed input projections ``(B, T, ...)``.
+    """
+    batch_size, seq_len = inputs.shape[:2]
+    outputs = []
+    steps_mask = mask.unbind(1) if mask is not None else [None] * seq_len
+    # unbind, not inputs[:, t]: indexing in a differentiated loop costs O(T^2) in backward.
+    for input_t, real in zip(inputs.unbind(1), steps_mask):
+        y_t, new_state = step(input_t, state)
+        if real is None:
+            state = new_state
+        else:
+            real = real[:, None]
+            state = map_state(lambda new, old: torch.where(_expand(real, new), new, old), new_state, state)
+            y_t = y_t * real
+        outputs.append(y_t)
+    if not outputs:
+        return inputs.new_zeros(batch_size, 0, output_size), state
+    return torch.stack(outputs, dim=1), state
+
+
+def last_real_outputs(y: Tensor, initial: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """For a causal cell whose state is its output, run over a padded batch: zero the
+    padded outputs and read each sequence's final state at its last real step
+    (``initial`` where a sequence is empty). Returns ``(y, final_state)``."""
+    if mask is None:
+        return y, y[:, -1]
+    y = y * mask.unsqueeze(-1).to(y.dtype)
+    lengths = mask.sum(dim=1)
+    last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, y.shape[-1])
+    return y, torch.where((lengths > 0).unsqueeze(1), y.gather(1, last).squeeze(1), initial)
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from .cell import Cell
 from .errors import DivergedError
 from .task import Task
 
@@ -30,6 +31,7 @@ class BenchModule(pl.LightningModule):
         self.optim = dict(optim)
         self.max_steps = max_steps
         self.tokens_seen = 0  # time steps consumed by training on this rank
+        self.cells = [m for m in model.modules() if isinstance(m, Cell)]
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -44,6 +46,13 @@ class BenchModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"train/{name}", value, prog_bar=(name == "loss"), on_step=True, on_epoch=False)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # After the optimiser step: cells with constrained parameters project them
+        # back (e.g. IndRNN's |u| <= 2^(1/T)).
+        with torch.no_grad():
+            for cell in self.cells:
+                cell.constrain_()
 
     def _eval_step(self, batch, stage: str):
         _, metrics = self.task.loss_and_metrics(self.model, batch)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import distributed, records
-from .errors import ConfigError, DivergedError, check
+from .errors import ConfigError, DivergedError, check, is_int
 from .lit import BenchModule, RunTracker
 from .models import count_parameters
 from .registry import CELLS, TASKS, load_plugin_file
@@ -142,20 +142,55 @@ def build_experiment(config: dict) -> Experiment:
         )
     task = task_class(**task_options)
 
-    stacks: list[CellStack] = []
+    def build(hidden_size: int) -> tuple[nn.Module, CellStack]:
+        stacks: list[CellStack] = []
 
-    def make_stack(input_size: int) -> CellStack:
-        stack = CellStack(cell_class, input_size, cell_cfg["hidden_size"], num_layers=cell_cfg["num_layers"],
-                          bidirectional=cell_cfg["bidirectional"], dropout=cell_cfg["dropout"], **cell_options)
-        stacks.append(stack)
-        return stack
+        def make_stack(input_size: int) -> CellStack:
+            stack = CellStack(cell_class, input_size, hidden_size, num_layers=cell_cfg["num_layers"],
+                              bidirectional=cell_cfg["bidirectional"], dropout=cell_cfg["dropout"], **cell_options)
+            stacks.append(stack)
+            return stack
 
+        try:
+            return task.build_model(make_stack), stacks[0]
+        except TypeError as exc:  # a cell option of the wrong type, found by the cell itself
+            raise ConfigError(f"cell {cell_cfg['name']!r} could not be built: {exc}") from exc
+
+    budget = (config.get("model") or {}).get("param_budget")
+    if budget is not None:
+        check(is_int(budget) and budget >= 1, "model.param_budget", budget, "null or an integer >= 1")
+        cell_cfg["hidden_size"] = config["cell"]["hidden_size"] = hidden_size_for_budget(build, budget)
     pl.seed_everything(config["init_seed"], workers=True, verbose=False)
-    try:
-        model = task.build_model(make_stack)
-    except TypeError as exc:  # a cell option of the wrong type, found by the cell itself
-        raise ConfigError(f"cell {cell_cfg['name']!r} could not be built: {exc}") from exc
-    return Experiment(config=config, task=task, model=model, cell_class=cell_class, stack=stacks[0])
+    model, stack = build(cell_cfg["hidden_size"])
+    return Experiment(config=config, task=task, model=model, cell_class=cell_class, stack=stack)
+
+
+def hidden_size_for_budget(build: Callable[[int], tuple[nn.Module, CellStack]], budget: int,
+                           largest: int = 1 << 16) -> int:
+    """The hidden size whose whole model comes closest to ``budget`` trainable parameters.
+
+    Models are built on the meta device (no memory, no init cost); the parameter
+    count grows with the hidden size, so a bisection finds the largest size within
+    the budget, and the next size up wins if it lands closer.
+    """
+    def params(hidden_size: int) -> int:
+        with torch.device("meta"):
+            return count_parameters(build(hidden_size)[0])
+
+    smallest = params(1)
+    if smallest > budget:
+        raise ConfigError(f"model.param_budget={budget} is too small: the smallest model (cell.hidden_size=1) "
+                          f"already has {smallest} parameters. Raise the budget or leave it null.")
+    low, high = 1, largest  # invariant: params(low) <= budget
+    while low < high:
+        middle = (low + high + 1) // 2
+        if params(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    if low < largest and abs(params(low + 1) - budget) < abs(budget - params(low)):
+        return low + 1
+    return low
 
 
 def _progress_bar(kind: str):
@@ -187,7 +222,9 @@ def _base_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict)
         "bidirectional": cfg["cell"]["bidirectional"],
         "params": count_parameters(exp.model),
         "cell_params": count_parameters(stack),
+        "param_budget": (cfg.get("model") or {}).get("param_budget"),
         "state_size": stack.state_size,
+        "cell_flops_per_step": stack.flops_per_step(),  # forward, per sequence, whole stack
         "seed": cfg["seed"],
         "data_seed": cfg["data_seed"],
         "init_seed": cfg["init_seed"],

@@ -100,6 +100,23 @@ class CellStack(nn.Module):
         self, x: Tensor, state: Optional[tuple[State, ...]] = None, lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, tuple[State, ...]]:
         """``(B, T, input_size) -> (B, T, output_size)`` and the final states; padded outputs are 0."""
+        y, final_states, _ = self._run(x, state, lengths, record=False)
+        return y, final_states
+
+    def forward_with_gates(
+        self, x: Tensor, state: Optional[tuple[State, ...]] = None, lengths: Optional[Tensor] = None
+    ) -> tuple[Tensor, tuple[State, ...], dict[str, Tensor]]:
+        """:meth:`forward` through every cell's reference steps, also returning the
+        gates each cell exposes, in input time order, keyed ``"l{layer}.{fwd|bwd}.{name}"``
+        (e.g. ``"l0.fwd.z"``), each ``(B, T, ...)``."""
+        return self._run(x, state, lengths, record=True)
+
+    def flops_per_step(self) -> Optional[int]:
+        """Forward FLOPs per sequence per time step, summed over the cells (None if any cell does not say)."""
+        flops = [cell.flops_per_step() for cell in self.cells]
+        return None if any(f is None for f in flops) else sum(flops)
+
+    def _run(self, x: Tensor, state, lengths, record: bool):
         batch_size, seq_len, _ = x.shape
         num_cells = self.num_layers * self.num_directions
         if state is None:
@@ -116,6 +133,7 @@ class CellStack(nn.Module):
         reverse_index = _reverse_index(lengths, batch_size, seq_len, x.device) if self.bidirectional else None
 
         final_states = []
+        all_gates: dict[str, Tensor] = {}
         out = x
         for layer, directions in enumerate(self.layers):
             if layer > 0 and self.dropout > 0 and self.training:
@@ -123,15 +141,21 @@ class CellStack(nn.Module):
             outputs = []
             for direction, cell in enumerate(directions):
                 cell_state = state[layer * self.num_directions + direction]
-                if direction == 0:
-                    y, cell_state = cell(out, cell_state, lengths)
+                cell_input = out if direction == 0 else _reverse(out, reverse_index)
+                if record:
+                    y, cell_state, gates = cell.forward_with_gates(cell_input, cell_state, lengths)
                 else:
-                    y, cell_state = cell(_reverse(out, reverse_index), cell_state, lengths)
+                    y, cell_state = cell(cell_input, cell_state, lengths)
+                    gates = {}
+                if direction == 1:
                     y = _reverse(y, reverse_index)
+                    gates = {name: _reverse(g.flatten(2), reverse_index).view_as(g) for name, g in gates.items()}
+                prefix = f"l{layer}.{'fwd' if direction == 0 else 'bwd'}."
+                all_gates.update({prefix + name: g for name, g in gates.items()})
                 outputs.append(y)
                 final_states.append(cell_state)
             out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-        return out, tuple(final_states)
+        return out, tuple(final_states), all_gates
 
 
 def _reverse_index(lengths: Optional[Tensor], batch_size: int, seq_len: int, device) -> Optional[Tensor]:

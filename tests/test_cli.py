@@ -144,6 +144,7 @@ def test_run_directories_do_not_collide(workdir):
     records = summaries(workdir / "results")
     assert len(records) == 2 and records[0]["run_dir"] != records[1]["run_dir"]
     assert records[0]["config_hash"] == records[1]["config_hash"]  # same experiment, recognisably
+    assert records[0]["metrics"] == records[1]["metrics"]  # and, on the CPU, the same numbers
     assert json.loads(json.dumps(records[0]))  # plain JSON
 
 
