@@ -184,7 +184,7 @@ def scan(
         else:
             real = real[:, None]
             state = map_state(lambda new, old: torch.where(_expand(real, new), new, old), new_state, state)
-            y_t = y_t * real
+            y_t = torch.where(_expand(real, y_t), y_t, 0.0)  # where, not *: inf * 0 would be NaN
         outputs.append(y_t)
     if not outputs:
         return inputs.new_zeros(batch_size, 0, output_size), state
@@ -197,7 +197,7 @@ def last_real_outputs(y: Tensor, initial: Tensor, mask: Optional[Tensor]) -> tup
     (``initial`` where a sequence is empty). Returns ``(y, final_state)``."""
     if mask is None:
         return y, y[:, -1]
-    y = y * mask.unsqueeze(-1).to(y.dtype)
+    y = torch.where(mask.unsqueeze(-1), y, 0.0)  # where, not *: inf * 0 would be NaN
     lengths = mask.sum(dim=1)
     last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, y.shape[-1])
     return y, torch.where((lengths > 0).unsqueeze(1), y.gather(1, last).squeeze(1), initial)

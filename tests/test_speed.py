@@ -1,0 +1,66 @@
+"""Smoke test of the speed benchmark (``rnnbench-speed``): it runs, writes the documented
+rows, and refuses unknown presets clearly. No timing assertions (CI machines are noisy)."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from rnnbench.speed import COLUMNS, main
+
+TINY = ["--seq-len", "5", "--batch", "2", "--hidden", "8", "--input-size", "3", "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One tiny run for gru and lstm, both paths: (csv rows, json rows)."""
+    out = tmp_path_factory.mktemp("speed") / "bench"
+    main(["--cells", "gru,lstm", "--paths", "fast,step", "--threads", "1", "--out", str(out), *TINY])
+    with (out.parent / "bench.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        csv_rows = list(reader)
+    json_rows = json.loads((out.parent / "bench.json").read_text())
+    return csv_rows, json_rows
+
+
+def test_one_row_per_preset_path_and_reference(outputs):
+    csv_rows, json_rows = outputs
+    assert [list(row) for row in json_rows] == [COLUMNS] * len(json_rows)
+    found = {(row["preset"], row["path"], row["reference"]) for row in json_rows}
+    assert found == {
+        ("gru", "fast", "torch.nn.GRU"), ("gru", "step", "torch.nn.GRU"),
+        ("lstm", "fast", "torch.nn.LSTM"), ("lstm", "step", "torch.nn.LSTM"),
+    }
+    assert len(csv_rows) == len(json_rows) == 4
+    assert [row["preset"] for row in csv_rows] == [row["preset"] for row in json_rows]
+
+
+def test_rows_carry_the_grid_and_the_machine(outputs):
+    _, json_rows = outputs
+    for row in json_rows:
+        assert (row["seq_len"], row["batch"], row["hidden"], row["input_size"]) == (5, 2, 8, 3)
+        assert row["device"] == "cpu" and row["threads"] == 1 and row["dtype"] == "float32"
+        assert row["torch_version"] and row["repeats"] == 1 and row["warmup"] == 0
+        assert row["peak_mem_mb"] is None  # not measurable per module on CPU (see the module docstring)
+
+
+def test_times_throughput_and_ratios_are_positive(outputs):
+    _, json_rows = outputs
+    for row in json_rows:
+        for key in ("ms_fwd", "ms_fwd_min", "ms_fwd_bwd", "ms_fwd_bwd_min", "tokens_per_s_fwd_bwd",
+                    "gflops_fwd", "gflops_fwd_bwd", "ref_ms_fwd", "ref_ms_fwd_bwd", "ratio_fwd", "ratio_fwd_bwd"):
+            value = row[key]
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+        assert row["ms_fwd_min"] <= row["ms_fwd"]
+        assert row["flops_per_step"] > 0  # GRU and LSTM give their FLOPs
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(SystemExit) as info:
+        main(["--cells", "nonexistent", *TINY])
+    message = str(info.value.code)
+    assert "nonexistent" in message and "Known presets" in message
+    for preset in ("gru", "lstm", "bigru"):
+        assert preset in message
