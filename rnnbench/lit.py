@@ -32,6 +32,8 @@ class BenchModule(pl.LightningModule):
         self.max_steps = max_steps
         self.tokens_seen = 0  # time steps consumed by training on this rank
         self.cells = [m for m in model.modules() if isinstance(m, Cell)]
+        self.plateau = None  # ReduceLROnPlateau when optim.schedule=plateau (see configure_optimizers)
+        self._plateau_state = None  # its state from a checkpoint being resumed
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -56,10 +58,34 @@ class BenchModule(pl.LightningModule):
 
     def _eval_step(self, batch, stage: str):
         _, metrics = self.task.loss_and_metrics(self.model, batch)
-        n = len(batch[0]) if isinstance(batch, (list, tuple)) else None
+        weight = self.task.metric_weight(batch)
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=n,
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=weight,
                      prog_bar=(name == self.task.metric))
+
+    def _eval_epoch_end(self, stage: str):
+        """Log the task's corpus-level metrics (perplexity, BLEU ...) computed from the
+        epoch means just reduced by Lightning, then step a plateau schedule on validation."""
+        prefix = f"{stage}/"
+        means = {k[len(prefix):]: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
+        extra = self.task.eval_epoch_end(stage, means)
+        for name, value in extra.items():
+            self.log(prefix + name, float(value), sync_dist=True, prog_bar=(name == self.task.metric))
+        metric = {**means, **extra}.get(self.task.metric)
+        if stage == "val" and self.plateau is not None and metric is not None and not self.trainer.sanity_checking:
+            self.plateau.step(metric)
+
+    def on_validation_epoch_start(self):
+        self.task.eval_epoch_start("val")
+
+    def on_test_epoch_start(self):
+        self.task.eval_epoch_start("test")
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -68,11 +94,34 @@ class BenchModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.optim, self.max_steps)
+        optimizers = build_optimizer(self.model.parameters(), self.optim, self.max_steps)
+        if self.optim.get("schedule") == "plateau":
+            # Stepped by hand after each validation (not by Lightning's step/epoch interval):
+            # the learning rate is divided when the task's metric stops improving, as
+            # pytorch/examples' word_language_model does (lr /= 4 if val loss did not improve).
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizers, mode=self.task.metric_mode, factor=self.optim.get("gamma", 0.25),
+                patience=self.optim.get("patience", 0), threshold=0.0)
+        return optimizers
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.plateau is not None:
+            checkpoint["plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        if "plateau" in checkpoint:
+            self._plateau_state = checkpoint["plateau"]
+
+    def on_fit_start(self):
+        if self.plateau is not None and self._plateau_state is not None:
+            self.plateau.load_state_dict(self._plateau_state)
 
 
 def build_optimizer(params, optim: dict, max_steps: int):
-    """Adam, RMSprop or SGD with a constant, cosine or step schedule (stepped per batch)."""
+    """Adam, RMSprop or SGD with a constant, cosine or step schedule (stepped per batch).
+
+    ``schedule: plateau`` returns the bare optimiser: :class:`BenchModule` divides its
+    learning rate by ``1/gamma`` after each validation that does not improve the task's metric."""
     name = optim["name"]
     lr, weight_decay = optim["lr"], optim.get("weight_decay", 0.0)
     if name == "adam":
@@ -100,7 +149,7 @@ def build_optimizer(params, optim: dict, max_steps: int):
             return optim.get("gamma", 0.1) ** ((step - warmup) // optim.get("step_size", 1000))
         return 1.0
 
-    if schedule == "constant" and not warmup:
+    if schedule in ("constant", "plateau") and not warmup:
         return optimizer
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -133,7 +182,9 @@ class RunTracker(pl.Callback):
         if self._t0 is not None:
             self.train_time_s += time.perf_counter() - self._t0
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        # on_validation_end, not on_validation_epoch_end: the module logs the task's
+        # corpus-level metrics (perplexity, BLEU) in its own epoch-end hook, after ours.
         if trainer.sanity_checking:
             return
         metrics = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

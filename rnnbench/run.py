@@ -41,9 +41,9 @@ TRAINER_KEYS = {
     "threads", "checkpoint",
 }
 OPTIM_KEYS = {"name", "lr", "weight_decay", "betas", "alpha", "momentum", "grad_clip", "schedule",
-              "warmup_steps", "step_size", "gamma"}
+              "warmup_steps", "step_size", "gamma", "patience"}
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "plateau")
 PROGRESS_BARS = ("rich", "tqdm", "none")
 MAX_TIME = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")
 
@@ -375,6 +375,8 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
     record["test_checkpoint"] = f"best (step {tracker.best_step})" if ckpt else "final weights"
     record["solved"] = task.is_solved(test)
     record["solved_on_val_at_step"] = tracker.solved_step
+    if trainer.is_global_zero:
+        record.update(task.write_artifacts(module.model, run_dir, data_seed))
 
 
 def _fill_progress(record: dict, trainer: pl.Trainer, module: BenchModule, tracker: RunTracker) -> None:

@@ -79,6 +79,30 @@ class Task:
         """Time steps processed in ``batch`` (for the throughput figure)."""
         raise NotImplementedError
 
+    def metric_weight(self, batch) -> int:
+        """Weight of ``batch`` in the epoch means of validation/test metrics: the
+        number of sequences by default; a language model weighs by target tokens, so
+        that its epoch loss is the mean over every token of the stream."""
+        return len(batch[0])
+
+    # --- corpus-level evaluation --------------------------------------------------
+    def eval_epoch_start(self, stage: str) -> None:
+        """Called before a validation (``stage="val"``) or test (``"test"``) pass, e.g.
+        to reset a carried state or clear collected hypotheses. Default: nothing."""
+
+    def eval_epoch_end(self, stage: str, means: dict[str, float]) -> dict[str, float]:
+        """Metrics that are not means over batches, from ``means`` (the weighted epoch
+        means of what :meth:`loss_and_metrics` returned) or from what the task collected
+        during the pass: e.g. perplexity ``exp(mean loss)``, or corpus BLEU. Logged as
+        ``{stage}/{name}`` like the others. Default: none."""
+        return {}
+
+    def write_artifacts(self, model: nn.Module, run_dir, data_seed: int) -> dict:
+        """After testing, write task-specific files into ``run_dir`` (e.g. attention
+        maps, generated samples) and return what the run record should say of them
+        (merged into the record). Only rank 0 calls it. Default: nothing."""
+        return {}
+
     # --- data ------------------------------------------------------------------
     def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0,
                          num_batches: Optional[int] = None):

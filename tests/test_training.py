@@ -52,3 +52,39 @@ def test_cosine_schedule_with_warmup():
         scheduler.step()
     assert rates[0] == 0.5 and rates[1] == 1.0  # linear warm-up
     assert rates[2] == 1.0 and rates[-1] < 0.1  # then cosine decay towards 0
+
+
+class CorpusMetricAddingTask(AddingTask):
+    """Adding task with a corpus-level metric (``rmse`` = sqrt of the epoch's mean MSE)
+    and a metric that never improves, to drive the plateau schedule."""
+
+    metric = "never_better"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.starts: list[str] = []
+
+    def eval_epoch_start(self, stage):
+        self.starts.append(stage)
+
+    def eval_epoch_end(self, stage, means):
+        return {"rmse": means["mse"] ** 0.5, "never_better": 1.0}
+
+
+def test_corpus_metrics_are_logged_and_plateau_divides_the_learning_rate(tmp_path):
+    task = CorpusMetricAddingTask(seq_len=5, batch_size=8, val_size=32, test_size=32)
+    model = task.build_model(lambda n: CellStack(CountingCell, n, 6))
+    optim = {"name": "sgd", "lr": 0.1, "schedule": "plateau", "gamma": 0.25, "patience": 0}
+    module = BenchModule(task, model, optim, max_steps=6)
+    trainer = pl.Trainer(max_steps=6, val_check_interval=2, check_val_every_n_epoch=None, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=task.train_dataloader(0, num_batches=6),
+                val_dataloaders=task.val_dataloader(0))
+    metrics = trainer.callback_metrics
+    assert abs(float(metrics["val/rmse"]) - float(metrics["val/mse"]) ** 0.5) < 1e-6
+    # Three validations: the first sets the best, the next two do not improve -> lr / 4 twice.
+    assert task.starts == ["val", "val", "val"]
+    assert abs(module.optimizers().param_groups[0]["lr"] - 0.1 / 16) < 1e-12
+    result = trainer.test(module, dataloaders=task.test_dataloader(0), verbose=False)[0]
+    assert abs(result["test/rmse"] - result["test/mse"] ** 0.5) < 1e-6
