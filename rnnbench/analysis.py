@@ -5,14 +5,13 @@ per-run table printed at the end of a sweep.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from .records import SUMMARY_FILE
+from .records import SUMMARY_FILE, read_record
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,8 @@ def load_records(root: str | Path) -> pd.DataFrame:
     rows = []
     for path in sorted(root.rglob(SUMMARY_FILE)):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            record = read_record(path)
+        except (OSError, ValueError) as exc:  # truncated, corrupt, or not a record
             log.warning("skipping unreadable run record %s: %s", path, exc)
             continue
         metric = record.get("metric")

@@ -81,11 +81,14 @@ def hydra_app(cfg: DictConfig):
             raise
         log.exception("job %s failed (recorded in %s); the sweep goes on", hydra_cfg.job.num, run_dir)
         return None
-    test = record["metrics"].get("test", {})
-    metric = record["metric"]
-    log.info("%s on %s: status=%s %s=%s solved=%s steps=%d record=%s", record["cell"], record["task"],
-             record["status"], metric, test.get(metric), record["solved"], record["steps"],
-             run_dir / records.SUMMARY_FILE)
+    test = (record.get("metrics") or {}).get("test") or {}
+    metric = record.get("metric")
+    used_dir = Path(record["run_dir"])
+    log.info("%s on %s: status=%s %s=%s solved=%s steps=%s record=%s%s", record["cell"], record["task"],
+             record["status"], metric, test.get(metric), record.get("solved"), record.get("steps"),
+             used_dir / records.SUMMARY_FILE, " (skipped: already run)" if record.get("skipped") else "")
+    if used_dir.resolve() != run_dir.resolve() and not sweeping:
+        _remove_if_only_hydra_files(run_dir)  # skipped, or resumed in the earlier run's directory
     return test.get(metric)
 
 
@@ -96,6 +99,10 @@ class SweepTable(Callback):
         from .analysis import load_records, summary_table
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():  # jobs skipped or resumed elsewhere leave only Hydra's files behind
+            for job_dir in sweep_dir.iterdir():
+                if job_dir.is_dir() and not (job_dir / records.SUMMARY_FILE).exists():
+                    _remove_if_only_hydra_files(job_dir)
         frame = load_records(sweep_dir)
         if frame.empty:
             return
@@ -198,6 +205,63 @@ def check_group_choices(overrides: list[str], search_path: list[str]) -> None:
             )
 
 
+# Hydra options after which the next argument is the option's value, not an override.
+HYDRA_VALUE_OPTIONS = ("-c", "--cfg", "-p", "--package")
+# Hydra options that compose a different config or only print help: no pre-check.
+HYDRA_OTHER_MODES = ("-h", "--help", "--hydra-help", "-i", "--info", "-cp", "--config-path", "-cn",
+                     "--config-name", "-cd", "--config-dir", "-sc", "--shell-completion", "--version",
+                     "--experimental-rerun")
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages (and their cause) as one line."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    cause = exc.__cause__
+    if cause is not None and str(cause).splitlines():
+        lines.append(f"({str(cause).splitlines()[0].strip()})")
+    return " ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
+
+
+def precheck(argv: list[str], search_path: list[str]) -> None:
+    """Compose the config of the first job as Hydra will, before Hydra creates any run
+    directory, so that malformed overrides, unknown keys and broken interpolations give
+    one ``rnnbench: error:`` line instead of Hydra's report; then check that the
+    results directory can be written. Values are validated per job by ``run_job``."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a in HYDRA_OTHER_MODES for a in argv):
+        return
+    overrides, skip_next = [], False
+    for arg in argv:
+        if not skip_next and not arg.startswith("-"):
+            overrides.append(arg)
+        skip_next = arg in HYDRA_VALUE_OPTIONS
+    try:
+        first_job = []
+        for override in OverridesParser.create().parse_overrides(overrides):
+            if override.is_sweep_override() and not override.get_key_element().lstrip("+~").startswith("hydra."):
+                value = next(iter(override.sweep_string_iterator()), None)  # glob() needs Hydra's loader
+                first_job.append(override.input_line if value is None else f"{override.get_key_element()}={value}")
+            else:
+                first_job.append(override.input_line)
+        if search_path:
+            first_job.append(f"hydra.searchpath=[{','.join(search_path)}]")
+        with initialize_config_module("rnnbench.conf", version_base="1.3"):
+            cfg = compose("config", overrides=first_job)
+        OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        if "hydra:" in str(exc):  # ${hydra:...} resolves only inside a Hydra job
+            return
+        raise ConfigError(f"the command line cannot be composed into a config: {_one_line(exc)}") from exc
+    except StopIteration:
+        return
+    if not any(a in ("-c", "--cfg") for a in argv):
+        records.check_results_dir(cfg.results_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console script ``rnnbench``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -218,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     search_path = config_search_path()
     try:
         check_group_choices([a for a in argv if not a.startswith("-")], search_path)
+        precheck(argv, search_path)
     except ConfigError as exc:
         _error(str(exc))
         sys.exit(2)

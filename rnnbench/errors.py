@@ -21,6 +21,11 @@ class RegistryError(ConfigError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint to resume from or test on is missing, truncated, corrupt, or holds
+    more than tensors and plain values (it is never unpickled as arbitrary objects)."""
+
+
 class DivergedError(RnnbenchError, FloatingPointError):
     """The training loss became NaN or infinite; the run is recorded as ``diverged``."""
 

@@ -212,3 +212,31 @@ class RunTracker(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key, value in state_dict.items():
             setattr(self, key, value)
+
+
+class RandomState(pl.Callback):
+    """Keeps torch's global random state in checkpoints, so that a resumed run draws the
+    same dropout masks as an uninterrupted one (data streams have seeds of their own).
+
+    The state is put back at the first training step after loading, not at loading:
+    creating a DataLoader iterator (as Lightning does when fitting starts) draws from
+    the global generator, which the uninterrupted run did not do at that point.
+    """
+
+    def __init__(self):
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending is None:
+            return
+        torch.set_rng_state(self._pending["torch"])
+        if self._pending["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._pending["cuda"])
+        self._pending = None

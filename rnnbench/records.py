@@ -12,14 +12,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -28,17 +32,21 @@ RECORD_VERSION = 1
 # Config keys that change where or how verbosely a run is reported, not what it
 # computes; they are left out of the config hash so that the same experiment run
 # into another results directory is recognised as the same.
-HASH_EXCLUDED_KEYS = ("results_dir", "trainer.progress_bar", "trainer.log_every_n_steps")
+HASH_EXCLUDED_KEYS = ("results_dir", "resume", "force", "trainer.progress_bar", "trainer.log_every_n_steps",
+                      "trainer.threads")
+# A run writes a few small files and its checkpoints; refuse to start below this much
+# free space rather than die at the first checkpoint hours later.
+MIN_FREE_BYTES = 64 * 2**20
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file in the same folder and an atomic rename."""
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` via ``write(file)`` on a temp file in the same folder, fsync, and an
+    atomic rename: readers see the old file or the complete new one, never a torn one."""
     path = Path(path)
-    text = json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,9 +56,52 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         raise
 
 
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` atomically (:func:`write_atomic`)."""
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def read_record(path: str | os.PathLike) -> dict:
+    """A run record; ``ValueError`` if the file is truncated, corrupt or not a record."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        record = json.load(f)
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+def find_records(root: str | os.PathLike, config_hash: str) -> Iterator[tuple[Path, dict]]:
+    """``(path, record)`` of every readable run record under ``root`` with this config hash;
+    unreadable records are skipped with a warning naming the file."""
+    for path in sorted(Path(root).rglob(SUMMARY_FILE)):
+        try:
+            record = read_record(path)
+        except (OSError, ValueError) as exc:
+            log.warning("skipping unreadable run record %s: %s", path, exc)
+            continue
+        if record.get("config_hash") == config_hash:
+            yield path, record
+
+
+def check_results_dir(root: str | os.PathLike) -> None:
+    """Fail early, with a clear message, if run records cannot be written under ``root``."""
+    from .errors import ConfigError
+
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rnnbench-write-test.", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"results_dir={str(root)!r} is not writable ({exc.strerror or exc}). Choose another "
+                          f"folder with results_dir=... or RNNBENCH_RESULTS_DIR.") from exc
+    free = shutil.disk_usage(root).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"results_dir={str(root)!r} has only {free / 2**20:.1f} MiB free; a run needs at least "
+                          f"{MIN_FREE_BYTES / 2**20:.0f} MiB for its records and checkpoints. Free some space "
+                          f"or choose another folder with results_dir=....")
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,9 +8,11 @@ any data are generated or any step is taken, so bad input fails fast with a
 
 from __future__ import annotations
 
-import inspect
+import functools
 import logging
+import os
 import re
+import socket
 import time
 import traceback
 import warnings
@@ -24,9 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import distributed, records
+from . import checkpoints, distributed, records, schema
 from .errors import ConfigError, DivergedError, check, is_int
-from .lit import BenchModule, RunTracker
+from .lit import BenchModule, RandomState, RunTracker
 from .models import count_parameters
 from .registry import CELLS, TASKS, load_plugin_file
 from .stack import CellStack
@@ -35,16 +37,8 @@ from .task import Task
 # Keys of a cell config that belong to the stack wrapper; every other key is an
 # option of the cell class itself.
 STACK_KEYS = ("name", "hidden_size", "num_layers", "bidirectional", "dropout")
-TRAINER_KEYS = {
-    "accelerator", "devices", "strategy", "num_nodes", "precision", "max_steps", "max_time",
-    "val_check_interval", "log_every_n_steps", "progress_bar", "stop_when_solved", "deterministic",
-    "threads", "checkpoint",
-}
-OPTIM_KEYS = {"name", "lr", "weight_decay", "betas", "alpha", "momentum", "grad_clip", "schedule",
-              "warmup_steps", "step_size", "gamma", "patience"}
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
-SCHEDULES = ("constant", "cosine", "step", "plateau")
-PROGRESS_BARS = ("rich", "tqdm", "none")
+log = logging.getLogger(__name__)
+
 MAX_TIME = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")
 
 
@@ -59,40 +53,41 @@ class Experiment:
     stack: CellStack
 
 
-def _constructor_options(cls: type, given: dict, skip: tuple[str, ...], what: str) -> None:
-    """Refuse keys that ``cls.__init__`` does not accept, listing the accepted ones."""
-    signature = inspect.signature(cls.__init__)
-    params = [p for p in signature.parameters.values() if p.name not in ("self", *skip)]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = [k for k in given if k not in accepted]
-    if unknown:
-        raise ConfigError(
-            f"{what} has no option {', '.join(repr(k) for k in unknown)}. "
-            f"Its options are: {', '.join(accepted) or '(none)'}."
-        )
+@functools.lru_cache(maxsize=None)
+def _packaged_top_level_keys() -> frozenset:
+    """Top-level keys of the packaged ``config.yaml``: keys added there (and validated by
+    their own code) are known without being listed in :class:`schema.RunConfig`."""
+    from importlib.resources import files
+
+    root = OmegaConf.load(files("rnnbench.conf").joinpath("config.yaml"))
+    return frozenset(str(k) for k in root if k not in ("defaults", "hydra"))
+
+
+def _validate_top_level(config: dict) -> None:
+    schema.check_dataclass(config, schema.RunConfig, "", also_known=_packaged_top_level_keys())
+    for key in ("seed", "data_seed", "init_seed"):
+        check(config[key] >= 0, key, config[key], "an integer >= 0")
+    schema.check_dataclass(config.get("model") or {}, schema.ModelConfig, "model")
 
 
 def _validate_trainer(t: dict) -> None:
-    unknown = sorted(set(t) - TRAINER_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown trainer key(s) {unknown}; known keys: {sorted(TRAINER_KEYS)}.")
-    check(t["accelerator"] in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator", t["accelerator"],
-          "one of cpu, gpu, cuda, mps, auto")
-    check(isinstance(t["max_steps"], int) and t["max_steps"] >= 1, "trainer.max_steps", t["max_steps"],
-          "an integer >= 1")
-    check(t["max_time"] is None or (isinstance(t["max_time"], str) and MAX_TIME.match(t["max_time"])),
+    schema.check_dataclass(t, schema.TrainerConfig, "trainer")
+    check(t["max_steps"] >= 1, "trainer.max_steps", t["max_steps"], "an integer >= 1")
+    check(t["max_time"] is None or MAX_TIME.match(t["max_time"]),
           "trainer.max_time", t["max_time"], 'null or a wall-clock budget "DD:HH:MM:SS", e.g. "00:00:10:00"')
-    check(isinstance(t["val_check_interval"], int) and t["val_check_interval"] >= 1,
-          "trainer.val_check_interval", t["val_check_interval"], "an integer number of steps >= 1")
-    check(t["progress_bar"] in PROGRESS_BARS, "trainer.progress_bar", t["progress_bar"],
-          f"one of {', '.join(PROGRESS_BARS)}")
-    check(t["threads"] is None or (isinstance(t["threads"], int) and t["threads"] >= 1), "trainer.threads",
-          t["threads"], "null (torch's default) or an integer >= 1")
+    check(t["val_check_interval"] >= 1, "trainer.val_check_interval", t["val_check_interval"],
+          "an integer number of steps >= 1")
+    check(t["log_every_n_steps"] >= 1, "trainer.log_every_n_steps", t["log_every_n_steps"], "an integer >= 1")
+    check(t["threads"] is None or t["threads"] >= 1, "trainer.threads", t["threads"],
+          "null (torch's default) or an integer >= 1")
+    check(t["num_nodes"] >= 1, "trainer.num_nodes", t["num_nodes"], "an integer >= 1")
+    if t["num_nodes"] > 1 and not distributed.launched_externally():
+        raise ConfigError(f"trainer.num_nodes={t['num_nodes']} needs a cluster launcher that starts one process "
+                          f"per device on every node (SLURM with --ntasks-per-node, or torchrun); none is "
+                          f"present, so the run would wait forever. Use trainer.num_nodes=1 here.")
     devices = t["devices"]
-    check(devices in (-1, "auto") or (isinstance(devices, int) and devices >= 1), "trainer.devices", devices,
-          "an integer >= 1, or -1 for all visible GPUs")
+    check(devices in (-1, "auto") or devices >= 1, "trainer.devices", devices,
+          "an integer >= 1, or -1 for all visible GPUs (all cores on the CPU)")
     if t["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={t['accelerator']} but no CUDA GPU is visible to torch "
                           f"(torch {torch.__version__}). Use trainer=cpu or trainer=ddp_cpu.")
@@ -100,40 +95,51 @@ def _validate_trainer(t: dict) -> None:
         wanted = distributed.resolve_devices("gpu", devices)
         check(wanted <= torch.cuda.device_count(), "trainer.devices", devices,
               f"at most the {torch.cuda.device_count()} visible GPU(s)")
+    if t["accelerator"] == "cpu":
+        cores = os.cpu_count() or 1
+        check(distributed.resolve_devices("cpu", devices) <= cores, "trainer.devices", devices,
+              f"at most the {cores} CPU core(s) of this machine (one process each)")
+    if distributed.resolve_devices(t["accelerator"], devices) > 1 and t["strategy"] == "auto":
+        raise ConfigError(f"trainer.devices={devices} with trainer.strategy=auto is not supported: rnnbench "
+                          f"starts the extra processes itself with trainer.strategy=ddp (trainer=ddp or "
+                          f"trainer=ddp_cpu).")
 
 
 def _validate_optim(o: dict) -> None:
-    unknown = sorted(set(o) - OPTIM_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown optim key(s) {unknown}; known keys: {sorted(OPTIM_KEYS)}.")
-    check(o["name"] in OPTIMIZERS, "optim.name", o["name"], f"one of {', '.join(OPTIMIZERS)}")
-    check(isinstance(o["lr"], (int, float)) and o["lr"] > 0, "optim.lr", o["lr"], "a number > 0")
-    check(o.get("grad_clip") is None or (isinstance(o["grad_clip"], (int, float)) and o["grad_clip"] > 0),
-          "optim.grad_clip", o.get("grad_clip"), "null (no clipping) or a number > 0")
-    check(o.get("schedule", "constant") in SCHEDULES, "optim.schedule", o.get("schedule"),
-          f"one of {', '.join(SCHEDULES)}")
+    schema.check_dataclass(o, schema.OptimConfig, "optim")
+    check(o["lr"] > 0, "optim.lr", o["lr"], "a number > 0")
+    check(o.get("grad_clip") is None or o["grad_clip"] > 0, "optim.grad_clip", o.get("grad_clip"),
+          "null (no clipping) or a number > 0")
+    check(o.get("weight_decay", 0) >= 0, "optim.weight_decay", o.get("weight_decay"), "a number >= 0")
+    check(o.get("momentum", 0) >= 0, "optim.momentum", o.get("momentum"), "a number >= 0")
+    check(0 <= o.get("alpha", 0.99) < 1, "optim.alpha", o.get("alpha"), "a number in [0, 1)")
+    betas = o.get("betas", [0.9, 0.999])
+    check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optim.betas", betas,
+          "two numbers in [0, 1), e.g. [0.9, 0.999]")
+    check(o.get("warmup_steps", 0) >= 0, "optim.warmup_steps", o.get("warmup_steps"), "an integer >= 0")
+    check(o.get("step_size", 1) >= 1, "optim.step_size", o.get("step_size"), "an integer >= 1")
+    check(o.get("gamma", 0.1) > 0, "optim.gamma", o.get("gamma"), "a number > 0")
 
 
 def build_experiment(config: dict) -> Experiment:
     """Validate ``config`` (a resolved dict) and build task and model. No training."""
-    for key in ("seed", "data_seed", "init_seed"):
-        check(isinstance(config[key], int) and config[key] >= 0, key, config[key], "an integer >= 0")
-    plugins = config.get("plugins") or []
-    check(isinstance(plugins, list), "plugins", plugins, "a list of Python files, e.g. plugins=[my_cells.py]")
-    for path in plugins:
+    _validate_top_level(config)
+    for path in config.get("plugins") or []:
         load_plugin_file(path)
 
     cell_cfg, task_cfg = dict(config["cell"]), dict(config["task"])
     cell_class = CELLS.get(cell_cfg["name"])
     task_class = TASKS.get(task_cfg["name"])
     cell_options = {k: v for k, v in cell_cfg.items() if k not in STACK_KEYS}
-    _constructor_options(cell_class, cell_options, ("input_size", "hidden_size"), f"cell {cell_cfg['name']!r}")
+    schema.check_signature(cell_class, cell_options, ("input_size", "hidden_size"), "cell",
+                           f"cell {cell_cfg['name']!r}")
+    stack_options = {k: cell_cfg.get(k) for k in STACK_KEYS if k != "name"}
+    schema.check_signature(CellStack, stack_options, ("cell_cls", "input_size"), "cell", "the cell stack")
     task_options = {k: v for k, v in task_cfg.items() if k != "name"}
-    _constructor_options(task_class, task_options, (), f"task {task_cfg['name']!r}")
+    schema.check_signature(task_class, task_options, (), "task", f"task {task_cfg['name']!r}")
     _validate_trainer(config["trainer"])
     _validate_optim(config["optim"])
 
-    check(isinstance(cell_cfg["bidirectional"], bool), "cell.bidirectional", cell_cfg["bidirectional"], "true or false")
     if cell_cfg["bidirectional"] and task_class.causal:
         raise ConfigError(
             f"cell.bidirectional=true is not allowed with task {task_cfg['name']!r}: the task is causal "
@@ -241,12 +247,60 @@ def _base_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict)
         "train_time_s": 0.0,
         "tokens_per_s": None,
         "device": records.device_description(t["accelerator"], world_size, t["num_nodes"]),
+        # CPU kernels give the same numbers for the same config and seeds; GPU kernels
+        # (cuDNN, atomics) may not, unless trainer.deterministic asks for deterministic ones.
+        "deterministic": bool(t["deterministic"]) or t["accelerator"] == "cpu",
+        "pid": os.getpid(),  # with host: tells a killed run from one still running
+        "host": socket.gethostname(),
         "versions": records.versions(),
         "git_commit": records.git_commit(),
         "config_hash": records.config_hash(cfg),
         "config": cfg,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# Record statuses: a result worth keeping (re-running the same config would only
+# repeat it) and a run that stopped early and can go on from its last checkpoint.
+DONE_STATUSES = ("finished", "diverged")
+RESUMABLE_STATUSES = ("running", "interrupted")
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def _alive_elsewhere(record: dict) -> bool:
+    """True if the process that wrote a ``running`` record is still running on this host."""
+    pid = record.get("pid")
+    if record.get("status") != "running" or record.get("host") != socket.gethostname() or not is_int(pid):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def find_previous_run(results_dir: str | Path, config_hash: str) -> tuple[str, Path, dict] | None:
+    """What an earlier run with the same config hash under ``results_dir`` means for this one:
+
+    - ``("skip", dir, record)``: it finished (or diverged), or it is still running in
+      another process on this host;
+    - ``("resume", dir, record)``: it was interrupted or killed and left ``checkpoints/last.ckpt``;
+    - None: nothing to reuse (no such run, or only failed ones, which are run again).
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        return None
+    resumable = None
+    for path, record in records.find_records(root, config_hash):
+        if record.get("status") in DONE_STATUSES or _alive_elsewhere(record):
+            return "skip", path.parent, record
+        if record.get("status") in RESUMABLE_STATUSES and (path.parent / LAST_CHECKPOINT).is_file():
+            resumable = resumable or ("resume", path.parent, record)
+    return resumable
 
 
 def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: dict | None = None) -> dict[str, Any]:
@@ -256,6 +310,11 @@ def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: dict | None = 
     ``running``, then with the final status), ``metrics.csv`` and ``checkpoints/``.
     A diverging run returns normally with status ``diverged``; any other failure
     is recorded (``failed`` / ``interrupted``) and re-raised.
+
+    With ``resume: true`` (the default) and ``force: false``, an earlier run of the
+    same config (same config hash) under ``results_dir`` is reused: a finished one is
+    not run again (its record is returned, ``run_dir`` stays unused), an interrupted
+    or killed one goes on from its ``last.ckpt`` in its own directory.
     """
     run_dir = Path(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -273,13 +332,36 @@ def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: dict | None = 
         torch.set_num_threads(max(1, (torch.get_num_threads()) // world_size))
 
     record = _base_record(exp, run_dir, world_size, presets or {})
+    reuse = config.get("resume", True) and not config.get("force", False)
+    # Only the process that owns the job decides; the ranks it starts get the chosen run_dir.
+    if reuse and is_rank_zero and not distributed.launched_externally():
+        previous = find_previous_run(config.get("results_dir", "results"), record["config_hash"])
+        if previous is not None and previous[0] == "skip":
+            _, where, old = previous
+            log.info("skipping: the same config (hash %s) already has a %s run record in %s (force=true runs it "
+                     "again)", record["config_hash"], old.get("status"), where)
+            return {**old, "skipped": True}
+        if previous is not None:
+            run_dir = previous[1]
+            record.update(run_dir=str(run_dir), started_at=previous[2].get("started_at", record["started_at"]))
+    resume_from = run_dir / LAST_CHECKPOINT if reuse and (run_dir / LAST_CHECKPOINT).is_file() else None
+    start_step = 0
+    if resume_from is not None:
+        start_step = int(checkpoints.read_checkpoint(resume_from)["global_step"])  # refuses a corrupt file
+        record.update(resumed_from_step=start_step)
+        if is_rank_zero:
+            log.info("resuming %s from %s (step %d)", run_dir, resume_from, start_step)
+
     if is_rank_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        records.check_results_dir(run_dir)
         if (run_dir / records.SUMMARY_FILE).exists():
-            previous = records.read_record(run_dir / records.SUMMARY_FILE)
-            if previous.get("status") != "running":
-                raise ConfigError(f"{run_dir} already holds a finished run record; refusing to overwrite it. "
-                                  f"Choose another directory (results_dir=... or hydra.run.dir=...).")
+            try:
+                previous_status = records.read_record(run_dir / records.SUMMARY_FILE).get("status")
+            except ValueError:  # a torn record of a killed run: it is rewritten below
+                previous_status = "running"
+            if previous_status not in RESUMABLE_STATUSES:
+                raise ConfigError(f"{run_dir} already holds a {previous_status} run record; refusing to overwrite "
+                                  f"it. Choose another directory (results_dir=... or hydra.run.dir=...).")
         OmegaConf.save(OmegaConf.create(config), run_dir / records.CONFIG_FILE)
         records.write_json_atomic(run_dir / records.SUMMARY_FILE, record)
 
@@ -287,7 +369,7 @@ def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: dict | None = 
     started = time.perf_counter()
     with launcher:
         try:
-            _train_and_test(exp, run_dir, record)
+            _train_and_test(exp, run_dir, record, resume_from, start_step)
             record["status"] = "finished"
         except DivergedError as exc:
             record.update(status="diverged", error=str(exc), diverged_at_step=exc.step)
@@ -317,10 +399,12 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
     warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")  # single process
+    # Resuming mid-epoch is exact here: the training stream restarts at the restored step.
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
-def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> None:
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any], resume_from: Path | None = None,
+                    start_step: int = 0) -> None:
     from pytorch_lightning.loggers import CSVLogger
 
     _quiet_lightning()
@@ -328,11 +412,9 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
     t, o = cfg["trainer"], cfg["optim"]
     module = BenchModule(task, exp.model, o, t["max_steps"])
     tracker = RunTracker(task, stop_when_solved=t["stop_when_solved"])
-    callbacks: list[pl.Callback] = [tracker, *_progress_bar(t["progress_bar"])]
+    callbacks: list[pl.Callback] = [tracker, RandomState(), *_progress_bar(t["progress_bar"])]
     if t["checkpoint"]:
-        # last.ckpt at every validation, for resuming; the best one is saved by BestCheckpoint.
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True))
-        callbacks.append(BestCheckpoint(run_dir / "checkpoints" / "best.ckpt", tracker))
+        callbacks.append(RunCheckpoints(run_dir / "checkpoints", tracker))
     trainer = pl.Trainer(
         accelerator=t["accelerator"],
         devices=t["devices"],
@@ -349,26 +431,36 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
         deterministic=t["deterministic"],
         logger=CSVLogger(save_dir=run_dir, name="", version=""),
         callbacks=callbacks,
-        enable_checkpointing=bool(t["checkpoint"]),
+        enable_checkpointing=False,  # no Lightning ModelCheckpoint: RunCheckpoints saves last and best
         enable_progress_bar=t["progress_bar"] != "none",
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
+        plugins=[checkpoints.AtomicCheckpointIO()],
     )
     data_seed = cfg["data_seed"]
-    train_loader = task.train_dataloader(data_seed, trainer.global_rank, trainer.world_size,
+    # A resumed run's stream goes on at the restored step: batch k is a function of
+    # (data seed, rank, k), so the resumed run sees the batches the killed one would have.
+    # The length stays max_steps: Lightning restores its position in the epoch (start_step)
+    # and ends the epoch at max_steps, as in an uninterrupted run.
+    train_loader = task.train_dataloader(data_seed, trainer.global_rank, trainer.world_size, start_step=start_step,
                                          num_batches=t["max_steps"])
     val_loader = task.val_dataloader(data_seed)
+    metrics_file = run_dir / "metrics.csv"
+    earlier_metrics = _rows_before(metrics_file, start_step) if resume_from is not None else None
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume_from,
+                    weights_only=True)
     finally:
         _fill_progress(record, trainer, module, tracker)
+        if earlier_metrics is not None and trainer.is_global_zero:
+            _prepend_rows(metrics_file, earlier_metrics)
     if tracker.val_last.get("step") != trainer.global_step:
         trainer.validate(module, dataloaders=val_loader, verbose=False)  # score the final weights too
     best = run_dir / "checkpoints" / "best.ckpt"
     ckpt = str(best) if t["checkpoint"] and best.exists() else None
     test_results = trainer.test(module, dataloaders=task.test_dataloader(data_seed), ckpt_path=ckpt, verbose=False,
-                                weights_only=False)  # our own file, written by this run
+                                weights_only=True)
     test = {k[5:]: float(v) for k, v in (test_results[0] if test_results else {}).items() if k.startswith("test/")}
     _fill_progress(record, trainer, module, tracker)
     record["metrics"] = {"val_best": tracker.val_best, "val_last": tracker.val_last, "test": test}
@@ -377,6 +469,25 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
     record["solved_on_val_at_step"] = tracker.solved_step
     if trainer.is_global_zero:
         record.update(task.write_artifacts(module.model, run_dir, data_seed))
+
+
+def _rows_before(metrics_file: Path, step: int):
+    """The rows of an interrupted run's ``metrics.csv`` before ``step`` (later ones are redone)."""
+    import pandas as pd
+
+    if not metrics_file.is_file():
+        return None
+    rows = pd.read_csv(metrics_file)
+    return rows[rows["step"] < step] if "step" in rows else None
+
+
+def _prepend_rows(metrics_file: Path, earlier) -> None:
+    """Lightning's CSV logger starts ``metrics.csv`` afresh on resume: put the earlier rows back."""
+    import pandas as pd
+
+    later = pd.read_csv(metrics_file) if metrics_file.is_file() else earlier.iloc[:0]
+    merged = pd.concat([earlier, later], ignore_index=True)
+    records.write_atomic(metrics_file, lambda f: f.write(merged.to_csv(index=False).encode()))
 
 
 def _fill_progress(record: dict, trainer: pl.Trainer, module: BenchModule, tracker: RunTracker) -> None:
@@ -390,17 +501,21 @@ def _fill_progress(record: dict, trainer: pl.Trainer, module: BenchModule, track
     record["stopped_early_when_solved"] = tracker.stopped_when_solved
 
 
-class BestCheckpoint(pl.Callback):
-    """Save ``path`` whenever the tracker has just seen a new best validation score."""
+class RunCheckpoints(pl.Callback):
+    """At every validation during fitting, save ``last.ckpt`` (the resume point) and, when
+    the tracker has just seen a new best validation score, ``best.ckpt`` (tested at the end).
 
-    def __init__(self, path: Path, tracker: RunTracker):
-        self.path = path
+    Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes ``last.ckpt``
+    only when training ends, which leaves nothing to resume a killed run from.
+    """
+
+    def __init__(self, folder: Path, tracker: RunTracker):
+        self.folder = folder
         self.tracker = tracker
-        self._saved_step: int | None = None
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.tracker.best_step is None or self.tracker.best_step == self._saved_step:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        if self.tracker.best_step == trainer.global_step:
-            trainer.save_checkpoint(self.path, weights_only=False)
-            self._saved_step = trainer.global_step
+        trainer.save_checkpoint(self.folder / "last.ckpt")
+        if self.tracker.best_step is not None and self.tracker.best_step == trainer.global_step:
+            trainer.save_checkpoint(self.folder / "best.ckpt")

@@ -1,0 +1,189 @@
+"""Faults during runs and data safety: SIGKILL and resume, Ctrl-C, exceptions in a
+sweep, skipping what already ran, corrupt records and checkpoints, atomic saves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from conftest import TINY, run_cli, summaries
+from rnnbench import records
+from rnnbench.analysis import load_records
+from rnnbench.checkpoints import AtomicCheckpointIO, read_checkpoint
+from rnnbench.errors import CheckpointError
+from rnnbench.run import run_job
+
+# The adding problem with injected faults. RNNBENCH_TEST_FAULT=KIND@N makes the
+# training step after the N-th send this process SIGKILL or SIGINT; it is read from
+# the environment, not the config, so a resumed run has the same config hash.
+# task.fail_at_step raises an exception at that step instead.
+FAULT_TASK = '''
+import os
+import signal
+from typing import Optional
+
+from rnnbench import register_task
+from rnnbench.tasks.adding import AddingTask
+
+
+@register_task("faulty_adding")
+class FaultyAdding(AddingTask):
+    def __init__(self, *, fail_at_step: Optional[int] = None, **options):
+        super().__init__(**options)
+        self.fail_at_step = fail_at_step
+        self.steps_taken = 0
+
+    def loss_and_metrics(self, model, batch):
+        if model.training:
+            self.steps_taken += 1
+            kind, _, step = os.environ.get("RNNBENCH_TEST_FAULT", "").partition("@")
+            if step and self.steps_taken > int(step):
+                os.kill(os.getpid(), {"kill": signal.SIGKILL, "int": signal.SIGINT}[kind])
+            if self.fail_at_step is not None and self.steps_taken > self.fail_at_step:
+                raise RuntimeError("injected fault")
+        return super().loss_and_metrics(model, batch)
+'''
+
+
+@pytest.fixture
+def faulty(workdir):
+    path = workdir / "faults.py"
+    path.write_text(FAULT_TASK)
+    return [f"plugins=[{path}]", "task.name=faulty_adding", *TINY]
+
+
+def run_dirs(root):
+    return sorted(p.parent for p in root.rglob("summary.json"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_result_of_an_uninterrupted_run(workdir, faulty):
+    args = [*faulty, "trainer.max_steps=30", "cell=stacked_gru", "cell.num_layers=2"]  # dropout 0.1: RNG matters
+    with initialize_config_module("rnnbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*args, f"results_dir={workdir / 'reference'}"])
+    reference = run_job(cfg, workdir / "reference" / "run")
+    assert reference["status"] == "finished" and reference["steps"] == 30
+
+    killed = run_cli(args, workdir, env={"RNNBENCH_TEST_FAULT": "kill@15"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (run_dir,) = run_dirs(workdir / "results")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"  # SIGKILL: no cleanup ran
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
+
+    resumed = run_cli(args, workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run_dirs(workdir / "results") == [run_dir]  # went on in its own directory, nothing new
+    (record,) = summaries(workdir / "results")
+    assert record["status"] == "finished" and record["steps"] == 30 and record["resumed_from_step"] == 10
+    assert record["config_hash"] == reference["config_hash"]
+    assert record["metrics"] == reference["metrics"]  # the same numbers, to the last bit
+    assert record["deterministic"] is True
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_recorded_as_interrupted_and_the_rerun_resumes(workdir, faulty):
+    interrupted = run_cli(faulty, workdir, env={"RNNBENCH_TEST_FAULT": "int@15"})
+    assert interrupted.returncode != 0
+    (record,) = summaries(workdir / "results")
+    assert record["status"] == "interrupted" and "KeyboardInterrupt" in record["error"]
+    assert "Traceback" not in interrupted.stderr
+
+    again = run_job(faulty_config(workdir, faulty), workdir / "unused")  # the same command, in-process
+    assert again["status"] == "finished" and again["resumed_from_step"] == 10 and again["steps"] == 20
+    assert again["run_dir"] == record["run_dir"] and not (workdir / "unused").exists()
+
+
+@pytest.mark.slow
+def test_sweep_records_failures_goes_on_and_a_rerun_skips_what_finished(workdir, faulty):
+    jobs = [*faulty, "trainer.max_steps=6", "trainer.val_check_interval=3"]
+    sweep = ["-m", *jobs, "+task.fail_at_step=null,3"]
+    first = run_cli(sweep, workdir)
+    assert first.returncode == 1  # one job failed ...
+    by_status = {r["status"]: r for r in summaries(workdir / "results")}
+    assert set(by_status) == {"finished", "failed"}  # ... and the other one ran
+    assert by_status["failed"]["error"] == "RuntimeError: injected fault"
+    assert "injected fault" in by_status["failed"]["traceback"]
+
+    second = run_cli(sweep, workdir)  # the finished job is skipped, the failed one runs again
+    assert second.returncode == 1
+    statuses = sorted(r["status"] for r in summaries(workdir / "results"))
+    assert statuses == ["failed", "failed", "finished"]
+    assert "skipping: the same config" in second.stdout + second.stderr
+    job_dirs = [p for p in (workdir / "results" / "sweeps").glob("*/*/*") if p.is_dir()]
+    assert len(job_dirs) == 3  # no directory left for the skipped job
+
+    skipped = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null"]), workdir / "unused")
+    assert skipped["skipped"] and skipped["run_dir"] == by_status["finished"]["run_dir"]
+    forced = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null", "force=true"]), workdir / "forced")
+    assert forced["status"] == "finished" and forced["run_dir"] == str(workdir / "forced")
+    assert forced["config_hash"] == skipped["config_hash"] and len(run_dirs(workdir / "results")) == 3
+    assert forced["metrics"] == skipped["metrics"]  # the same config and seeds on the CPU: the same numbers
+
+
+def faulty_config(workdir, overrides):
+    """The config the CLI composes for ``overrides`` when launched from ``workdir``."""
+    with initialize_config_module("rnnbench.conf", version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"results_dir={workdir / 'results'}"])
+
+
+def tiny_config(root, *overrides):
+    with initialize_config_module("rnnbench.conf", version_base="1.3"):
+        return compose("config", overrides=[*TINY, f"results_dir={root}", *overrides])
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    records.write_json_atomic(run_dir / "summary.json", {"status": "running", "config_hash": "x"})
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match=r"last.ckpt cannot be loaded: it is truncated, corrupt"):
+        run_job(cfg, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"  # untouched
+
+
+def test_checkpoints_are_loaded_as_plain_data_only(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("arbitrary code ran",))
+
+    torch.save({"global_step": 1, "payload": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="holds more than tensors and plain values"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(2)}}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise pickle.PicklingError("disk full, say")
+
+    with pytest.raises(pickle.PicklingError):
+        io.save_checkpoint({"global_step": 4, "bad": Unpicklable()}, path)
+    assert io.load_checkpoint(path)["global_step"] == 3  # the previous checkpoint survived whole
+    assert os.listdir(path.parent) == ["last.ckpt"]  # no temp file left behind
+
+
+def test_corrupt_record_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    good, torn, odd = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder in (good, torn, odd):
+        folder.mkdir()
+    records.write_json_atomic(good / "summary.json", {"cell": "gru", "task": "adding", "status": "finished",
+                                                      "config_hash": "h", "metric": "mse"})
+    (torn / "summary.json").write_text('{"cell": "gru", "status": "fini')
+    (odd / "summary.json").write_text("[1, 2]")
+    with caplog.at_level(logging.WARNING):
+        frame = load_records(tmp_path)
+        found = list(records.find_records(tmp_path, "h"))
+    assert list(frame["cell"]) == ["gru"] and [p.parent for p, _ in found] == [good]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert str(torn / "summary.json") in warned and str(odd / "summary.json") in warned
