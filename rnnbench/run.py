@@ -24,8 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import distributed, records
+from . import diagnostics, distributed, records
 from .errors import ConfigError, DivergedError, check, is_int
+from .evaluation import length_generalisation
 from .lit import BenchModule, RunTracker
 from .models import count_parameters
 from .registry import CELLS, TASKS, load_plugin_file
@@ -118,6 +119,7 @@ def build_experiment(config: dict) -> Experiment:
     """Validate ``config`` (a resolved dict) and build task and model. No training."""
     for key in ("seed", "data_seed", "init_seed"):
         check(isinstance(config[key], int) and config[key] >= 0, key, config[key], "an integer >= 0")
+    check(isinstance(config.get("diagnostics", False), bool), "diagnostics", config.get("diagnostics"), "true or false")
     plugins = config.get("plugins") or []
     check(isinstance(plugins, list), "plugins", plugins, "a list of Python files, e.g. plugins=[my_cells.py]")
     for path in plugins:
@@ -375,6 +377,11 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any]) -> N
     record["test_checkpoint"] = f"best (step {tracker.best_step})" if ckpt else "final weights"
     record["solved"] = task.is_solved(test)
     record["solved_on_val_at_step"] = tracker.solved_step
+    # With the weights just tested: other lengths and diagnostics, when asked for.
+    if getattr(task, "eval_lengths", ()):
+        record["metrics"]["length_generalisation"] = length_generalisation(cfg["task"], task, exp.model, data_seed)
+    if cfg.get("diagnostics") and trainer.is_global_zero:
+        record["diagnostics"] = diagnostics.write(run_dir, task, exp.model, data_seed)
 
 
 def _fill_progress(record: dict, trainer: pl.Trainer, module: BenchModule, tracker: RunTracker) -> None:
