@@ -21,7 +21,10 @@ def load_records(root: str | Path) -> pd.DataFrame:
 
     Unreadable records are skipped with a warning naming the file. Nested fields
     are flattened: ``task_params.seq_len`` -> ``seq_len``, the primary test and
-    best-validation metrics -> ``test`` and ``val_best``.
+    best-validation metrics -> ``test`` and ``val_best``, the solved criterion ->
+    ``metric_mode`` and ``solved_threshold``, every resolved config value ->
+    ``config.<dotted key>`` (e.g. ``config.optim.lr``); the per-length results
+    (``metrics.length_generalisation``) stay one dict-valued column.
     """
     root = Path(root)
     rows = []
@@ -39,8 +42,23 @@ def load_records(root: str | Path) -> pd.DataFrame:
         row["test"] = _number((metrics.get("test") or {}).get(metric))
         row["val_best"] = _number((metrics.get("val_best") or {}).get(metric))
         row["baseline"] = _number((record.get("baseline") or {}).get(metric))
+        criterion = record.get("solved_criterion") or {}
+        row["metric_mode"], row["solved_threshold"] = criterion.get("mode"), _number(criterion.get("threshold"))
+        row["length_generalisation"] = metrics.get("length_generalisation")
+        row.update(_flatten(record.get("config") or {}, "config."))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _flatten(tree: dict, prefix: str) -> dict:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"config.optim.lr": 0.1}``; lists become strings (hashable columns)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value) if isinstance(value, list) else value
+    return flat
 
 
 def _number(value) -> float:

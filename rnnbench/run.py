@@ -26,8 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import checkpoints, distributed, records, schema
+from . import checkpoints, diagnostics, distributed, records, schema
 from .errors import ConfigError, DivergedError, check, is_int
+from .evaluation import length_generalisation
 from .lit import BenchModule, RandomState, RunTracker
 from .models import count_parameters
 from .registry import CELLS, TASKS, load_plugin_file
@@ -469,6 +470,11 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any], resu
     record["solved_on_val_at_step"] = tracker.solved_step
     if trainer.is_global_zero:
         record.update(task.write_artifacts(module.model, run_dir, data_seed))
+    # With the weights just tested: other lengths and diagnostics, when asked for.
+    if getattr(task, "eval_lengths", ()):
+        record["metrics"]["length_generalisation"] = length_generalisation(cfg["task"], task, exp.model, data_seed)
+    if cfg.get("diagnostics") and trainer.is_global_zero:
+        record["diagnostics"] = diagnostics.write(run_dir, task, exp.model, data_seed)
 
 
 def _rows_before(metrics_file: Path, step: int):

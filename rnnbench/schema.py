@@ -96,6 +96,7 @@ class RunConfig:
     results_dir: str = "results"
     resume: bool = True
     force: bool = False
+    diagnostics: bool = False
 
 
 def describe(annotation: Any) -> str:

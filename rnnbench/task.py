@@ -10,12 +10,17 @@ training data are fresh every step (batch ``k`` of rank ``r`` is a pure function
 of ``(data_seed, r, k)``, so a resumed run sees the same data), while validation
 and test sets are fixed by the data seed. ``train_size`` switches to a fixed
 training set of that many sequences, reshuffled every epoch (as in the TCN paper).
+``eval_lengths`` lists further sequence lengths at which a trained model is also
+tested (length generalisation: train at T, test at 2T, 4T ..., as in Delétang et
+al. 2023, "Neural Networks and the Chomsky Hierarchy", ICLR); a task that takes it
+also takes ``seq_len``, and :func:`rnnbench.evaluation.length_generalisation`
+rebuilds it at each length.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, ClassVar, Iterator, Optional
+from typing import Callable, ClassVar, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -171,6 +176,7 @@ class SyntheticTask(Task):
         test_size: int = 1000,
         train_size: Optional[int] = None,
         solved_threshold: Optional[float] = None,
+        eval_lengths: Optional[Sequence[int]] = None,
     ):
         super().__init__(batch_size=batch_size, solved_threshold=solved_threshold)
         check(is_int(val_size) and val_size >= 1, "task.val_size", val_size, "an integer >= 1")
@@ -179,9 +185,15 @@ class SyntheticTask(Task):
             train_size is None or (is_int(train_size) and train_size >= batch_size),
             "task.train_size", train_size, f"null (fresh data every step) or an integer >= task.batch_size ({batch_size})",
         )
+        check(
+            eval_lengths is None or (isinstance(eval_lengths, (list, tuple))
+                                     and all(is_int(T) and T >= 2 for T in eval_lengths)),
+            "task.eval_lengths", eval_lengths, "null or a list of sequence lengths >= 2, e.g. [200,400]",
+        )
         self.val_size = val_size
         self.test_size = test_size
         self.train_size = train_size
+        self.eval_lengths = tuple(eval_lengths or ())
 
     def make_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` sequences ``(inputs, targets)`` drawn with ``generator`` by tensor ops."""

@@ -27,7 +27,7 @@ Baseline: predicting the mean ``E[y] = 1`` regardless of the input gives an MSE 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -59,10 +59,11 @@ class AddingTask(SyntheticTask):
         test_size: int = 1000,
         train_size: Optional[int] = None,
         solved_threshold: Optional[float] = 0.01,
+        eval_lengths: Optional[Sequence[int]] = None,
     ):
         super().__init__(
             batch_size=batch_size, val_size=val_size, test_size=test_size,
-            train_size=train_size, solved_threshold=solved_threshold,
+            train_size=train_size, solved_threshold=solved_threshold, eval_lengths=eval_lengths,
         )
         # Two distinct marker positions (one per half for "halves") need T >= 2.
         check(is_int(seq_len) and seq_len >= 2, "task.seq_len", seq_len, "an integer >= 2")
@@ -97,6 +98,12 @@ class AddingTask(SyntheticTask):
         inputs = torch.stack([values, markers], dim=-1)  # (n, T, 2)
         targets = values.gather(1, positions).sum(dim=1, keepdim=True)  # (n, 1)
         return inputs, targets
+
+    @staticmethod
+    def marker_positions(inputs: Tensor) -> Tensor:
+        """The two marked positions ``(B, 2)`` of a batch of inputs, in time order
+        (used by diagnostics to align gate statistics on the markers)."""
+        return inputs[..., 1].nonzero()[:, 1].view(-1, 2)
 
     # --- model, loss, metrics ------------------------------------------------------------
     def build_model(self, make_stack) -> SequenceModel:

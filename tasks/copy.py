@@ -27,7 +27,7 @@ recall accuracy ``1/N``.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -62,10 +62,11 @@ class CopyTask(SyntheticTask):
         test_size: int = 1000,
         train_size: Optional[int] = None,
         solved_threshold: Optional[float] = 0.99,
+        eval_lengths: Optional[Sequence[int]] = None,
     ):
         super().__init__(
             batch_size=batch_size, val_size=val_size, test_size=test_size,
-            train_size=train_size, solved_threshold=solved_threshold,
+            train_size=train_size, solved_threshold=solved_threshold, eval_lengths=eval_lengths,
         )
         check(is_int(seq_len) and seq_len >= 1, "task.seq_len", seq_len, "an integer >= 1")
         check(is_int(copy_len) and copy_len >= 1, "task.copy_len", copy_len, "an integer >= 1")
