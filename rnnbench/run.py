@@ -152,9 +152,12 @@ def build_experiment(config: dict) -> Experiment:
     def build(hidden_size: int) -> tuple[nn.Module, CellStack]:
         stacks: list[CellStack] = []
 
-        def make_stack(input_size: int) -> CellStack:
+        def make_stack(input_size: int, bidirectional: bool | None = None) -> CellStack:
+            # bidirectional overrides the cell config for stacks that must run one way
+            # (e.g. a translation decoder); None keeps cell.bidirectional.
+            bidirectional = cell_cfg["bidirectional"] if bidirectional is None else bidirectional
             stack = CellStack(cell_class, input_size, hidden_size, num_layers=cell_cfg["num_layers"],
-                              bidirectional=cell_cfg["bidirectional"], dropout=cell_cfg["dropout"], **cell_options)
+                              bidirectional=bidirectional, dropout=cell_cfg["dropout"], **cell_options)
             stacks.append(stack)
             return stack
 

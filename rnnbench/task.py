@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from .errors import check, is_int
 
 
-StackFactory = Callable[[int], nn.Module]  # input_size -> CellStack
+StackFactory = Callable[..., nn.Module]  # (input_size, bidirectional=None) -> CellStack; None: from the cell config
 
 
 class Task:
