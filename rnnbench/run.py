@@ -41,7 +41,7 @@ TRAINER_KEYS = {
     "threads", "checkpoint",
 }
 OPTIM_KEYS = {"name", "lr", "weight_decay", "betas", "alpha", "momentum", "grad_clip", "schedule",
-              "warmup_steps", "step_size", "gamma", "patience"}
+              "warmup_steps", "step_size", "first_decay_step", "gamma", "patience"}
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 PROGRESS_BARS = ("rich", "tqdm", "none")
@@ -112,10 +112,16 @@ def _validate_optim(o: dict) -> None:
           "optim.grad_clip", o.get("grad_clip"), "null (no clipping) or a number > 0")
     check(o.get("schedule", "constant") in SCHEDULES, "optim.schedule", o.get("schedule"),
           f"one of {', '.join(SCHEDULES)}")
+    first = o.get("first_decay_step")
+    check(first is None or (is_int(first) and first >= 1), "optim.first_decay_step", first,
+          "null (= optim.step_size) or an integer >= 1")
 
 
-def build_experiment(config: dict) -> Experiment:
-    """Validate ``config`` (a resolved dict) and build task and model. No training."""
+def build_experiment(config: dict, task: Task | None = None) -> Experiment:
+    """Validate ``config`` (a resolved dict) and build task and model. No training.
+
+    ``task``: one already built from ``config["task"]`` (e.g. with a trained run's
+    vocabulary restored, to rebuild its model); by default it is built here."""
     for key in ("seed", "data_seed", "init_seed"):
         check(isinstance(config[key], int) and config[key] >= 0, key, config[key], "an integer >= 0")
     plugins = config.get("plugins") or []
@@ -140,7 +146,8 @@ def build_experiment(config: dict) -> Experiment:
             f"(each output may only depend on earlier inputs) and a bidirectional cell would see the future. "
             f"Use a unidirectional cell (e.g. cell=gru) or set cell.bidirectional=false."
         )
-    task = task_class(**task_options)
+    if task is None:
+        task = task_class(**task_options)
 
     def build(hidden_size: int) -> tuple[nn.Module, CellStack]:
         stacks: list[CellStack] = []
