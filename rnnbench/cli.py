@@ -6,7 +6,8 @@ Configs are composed by Hydra from the packaged ``rnnbench.conf``; see
 ``rnnbench --help`` for the groups and ``rnnbench --cfg job`` for the result.
 
 ``rnnbench list`` shows the registered cells and tasks and the config presets;
-``rnnbench table [RESULTS_DIR]`` prints a table of the run records found there.
+``rnnbench table [RESULTS_DIR]`` prints a table of the run records found there;
+``rnnbench generate RUN_DIR [--prompt ...]`` samples text from a language-model run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .errors import ConfigError
 
 log = logging.getLogger("rnnbench")
 
-SUBCOMMANDS = ("list", "table")
+SUBCOMMANDS = ("list", "table", "generate")
 _sweep_failures: list[str] = []
 
 
@@ -262,6 +263,24 @@ def precheck(argv: list[str], search_path: list[str]) -> None:
         records.check_results_dir(cfg.results_dir)
 
 
+def generate(argv: list[str]) -> None:
+    """``rnnbench generate RUN_DIR``: sample text from a trained ``task=lm`` run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="rnnbench generate",
+                                     description="Sample text from a trained language-model run (task=lm).")
+    parser.add_argument("run_dir", help="the run's directory (holds config.yaml, vocab.json, checkpoints/)")
+    parser.add_argument("--prompt", default="", help="text to start from (default: none)")
+    parser.add_argument("--length", type=int, default=200, help="tokens to sample (default: 200)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="divides the logits: below 1 is more conservative (default: 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    args = parser.parse_args(argv)
+    from .tasks.lm import generate_from_run
+
+    print(generate_from_run(args.run_dir, args.prompt, args.length, args.temperature, args.seed))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console script ``rnnbench``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -269,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if argv[0] == "list":
                 list_registered()
+            elif argv[0] == "generate":
+                generate(argv[1:])
             else:
                 from .analysis import load_records, summary_table
 

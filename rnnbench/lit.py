@@ -146,7 +146,11 @@ def build_optimizer(params, optim: dict, max_steps: int):
             progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         if schedule == "step":
-            return optim.get("gamma", 0.1) ** ((step - warmup) // optim.get("step_size", 1000))
+            # Decays at first_decay_step, then every step_size steps (Zaremba et al.: from epoch 5 on).
+            step_size = optim.get("step_size", 1000)
+            first = optim.get("first_decay_step") or step_size
+            decays = 0 if step - warmup < first else (step - warmup - first) // step_size + 1
+            return optim.get("gamma", 0.1) ** decays
         return 1.0
 
     if schedule in ("constant", "plateau") and not warmup:

@@ -120,10 +120,16 @@ def _validate_optim(o: dict) -> None:
     check(o.get("warmup_steps", 0) >= 0, "optim.warmup_steps", o.get("warmup_steps"), "an integer >= 0")
     check(o.get("step_size", 1) >= 1, "optim.step_size", o.get("step_size"), "an integer >= 1")
     check(o.get("gamma", 0.1) > 0, "optim.gamma", o.get("gamma"), "a number > 0")
+    first = o.get("first_decay_step")
+    check(first is None or first >= 1, "optim.first_decay_step", first,
+          "null (= optim.step_size) or an integer >= 1")
 
 
-def build_experiment(config: dict) -> Experiment:
-    """Validate ``config`` (a resolved dict) and build task and model. No training."""
+def build_experiment(config: dict, task: Task | None = None) -> Experiment:
+    """Validate ``config`` (a resolved dict) and build task and model. No training.
+
+    ``task``: one already built from ``config["task"]`` (e.g. with a trained run's
+    vocabulary restored, to rebuild its model); by default it is built here."""
     _validate_top_level(config)
     for path in config.get("plugins") or []:
         load_plugin_file(path)
@@ -147,7 +153,8 @@ def build_experiment(config: dict) -> Experiment:
             f"(each output may only depend on earlier inputs) and a bidirectional cell would see the future. "
             f"Use a unidirectional cell (e.g. cell=gru) or set cell.bidirectional=false."
         )
-    task = task_class(**task_options)
+    if task is None:
+        task = task_class(**task_options)
 
     def build(hidden_size: int) -> tuple[nn.Module, CellStack]:
         stacks: list[CellStack] = []

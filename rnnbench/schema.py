@@ -69,6 +69,7 @@ class OptimConfig:
     schedule: Literal["constant", "cosine", "step", "plateau"] = "constant"
     warmup_steps: int = 0
     step_size: int = 1000
+    first_decay_step: Optional[int] = None
     gamma: float = 0.1
     patience: int = 0
 
