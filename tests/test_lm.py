@@ -21,7 +21,8 @@ from rnnbench.download import DataError, sha256_of
 from rnnbench.errors import ConfigError
 from rnnbench.lit import build_optimizer
 from rnnbench.registry import CELLS, get_task
-from rnnbench.run import STACK_KEYS, _constructor_options, _validate_optim, _validate_trainer
+from rnnbench.run import STACK_KEYS, _validate_optim, _validate_trainer
+from rnnbench.schema import check_signature
 from rnnbench.stack import CellStack
 from rnnbench.tasks.lm import LMTask, Windows, batchify, fixed_windows, generate_from_run, variable_windows
 from rnnbench.task import seeded_generator
@@ -403,7 +404,7 @@ def test_lm_presets_compose_validate_and_count_epochs_right(preset, train_tokens
         _validate_trainer(config["trainer"])
         _validate_optim(config["optim"])
         cell_options = {k: v for k, v in config["cell"].items() if k not in STACK_KEYS}
-        _constructor_options(CELLS.get(cell), cell_options, ("input_size", "hidden_size"), cell)
+        check_signature(CELLS.get(cell), cell_options, ("input_size", "hidden_size"), "cell", cell)
         task = LMTask(**{k: v for k, v in config["task"].items() if k != "name"})
     epoch = config["trainer"]["val_check_interval"]
     assert config["trainer"]["max_steps"] % epoch == 0
