@@ -119,6 +119,7 @@ def _validate_optim(o: dict) -> None:
     check(o.get("warmup_steps", 0) >= 0, "optim.warmup_steps", o.get("warmup_steps"), "an integer >= 0")
     check(o.get("step_size", 1) >= 1, "optim.step_size", o.get("step_size"), "an integer >= 1")
     check(o.get("gamma", 0.1) > 0, "optim.gamma", o.get("gamma"), "a number > 0")
+    check(o.get("patience", 0) >= 0, "optim.patience", o.get("patience"), "an integer >= 0")
 
 
 def build_experiment(config: dict) -> Experiment:

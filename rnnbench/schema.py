@@ -66,10 +66,11 @@ class OptimConfig:
     alpha: float = 0.99
     momentum: float = 0.0
     grad_clip: Optional[float] = None
-    schedule: Literal["constant", "cosine", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "step", "plateau"] = "constant"
     warmup_steps: int = 0
     step_size: int = 1000
     gamma: float = 0.1
+    patience: int = 0
 
 
 @dataclass

@@ -136,7 +136,7 @@ GROUPS = ["cell", "task", "trainer", "optim", "model"]
 # Words Hydra's grammar turns into something else (booleans, null, special floats), and
 # every valid choice of the CHOICE_KEYS.
 SPECIAL = {"true", "false", "null", "nan", "inf", "none", "auto", *schema.ACCELERATORS, *schema.STRATEGIES,
-           *schema.PRECISIONS, "16", "32", "64", "rich", "tqdm", "constant", "cosine", "step", "adam", "rmsprop",
+           *schema.PRECISIONS, "16", "32", "64", "rich", "tqdm", "constant", "cosine", "step", "plateau", "adam", "rmsprop",
            "sgd"}
 VALID_TOP_LEVEL_INTS = {"seed", "data_seed", "init_seed"}
 
