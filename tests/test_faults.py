@@ -51,11 +51,17 @@ class FaultyAdding(AddingTask):
 '''
 
 
-@pytest.fixture
-def faulty(workdir):
-    path = workdir / "faults.py"
+@pytest.fixture(scope="session")
+def fault_plugin(tmp_path_factory):
+    """One file for the whole session: tests that load it in-process register its task once."""
+    path = tmp_path_factory.mktemp("plugins") / "faults.py"
     path.write_text(FAULT_TASK)
-    return [f"plugins=[{path}]", "task.name=faulty_adding", *TINY]
+    return path
+
+
+@pytest.fixture
+def faulty(fault_plugin):
+    return [f"plugins=[{fault_plugin}]", "task.name=faulty_adding", *TINY]
 
 
 def run_dirs(root):
