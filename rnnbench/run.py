@@ -515,6 +515,7 @@ class RunCheckpoints(pl.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        trainer.save_checkpoint(self.folder / "last.ckpt")
+        # weights_only=False: the whole training state (optimiser, loops, callbacks), for resuming.
+        trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
         if self.tracker.best_step is not None and self.tracker.best_step == trainer.global_step:
-            trainer.save_checkpoint(self.folder / "best.ckpt")
+            trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
