@@ -230,6 +230,7 @@ def precheck(argv: list[str], search_path: list[str]) -> None:
     results directory can be written. Values are validated per job by ``run_job``."""
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -244,7 +245,9 @@ def precheck(argv: list[str], search_path: list[str]) -> None:
         first_job = []
         for override in OverridesParser.create().parse_overrides(overrides):
             if override.is_sweep_override() and not override.get_key_element().lstrip("+~").startswith("hydra."):
-                value = next(iter(override.sweep_string_iterator()), None)  # glob() needs Hydra's loader
+                if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+                    return  # glob(...) needs Hydra's config loader: leave it all to Hydra
+                value = next(iter(override.sweep_string_iterator()), None)
                 first_job.append(override.input_line if value is None else f"{override.get_key_element()}={value}")
             else:
                 first_job.append(override.input_line)
@@ -257,8 +260,6 @@ def precheck(argv: list[str], search_path: list[str]) -> None:
         if "hydra:" in str(exc):  # ${hydra:...} resolves only inside a Hydra job
             return
         raise ConfigError(f"the command line cannot be composed into a config: {_one_line(exc)}") from exc
-    except StopIteration:
-        return
     if not any(a in ("-c", "--cfg") for a in argv):
         records.check_results_dir(cfg.results_dir)
 

@@ -34,10 +34,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> class table for one kind of plugin (``"cell"`` or ``"task"``)."""
 
-    def __init__(self, kind: str, builtin_package: str, entry_point_group: str):
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str, base: str,
+                 required: tuple[str, ...] = ()):
         self.kind = kind
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
+        self.base = base  # "module:Class" that every registered class must subclass
+        self.required = required  # methods of the base class a registered class must override
         self._classes: dict[str, type] = {}
         self._builtins_loaded = False
         self._loading_builtins = False
@@ -55,6 +58,7 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, cls: type) -> None:
+        self._check_api(name, cls)
         old = self._classes.get(name)
         if old is not None and _qualified(old) != _qualified(cls):
             raise RegistryError(
@@ -64,6 +68,20 @@ class Registry(Generic[T]):
         # The same class re-registered (a module imported twice) simply replaces itself.
         cls.name = name
         self._classes[name] = cls
+
+    def _check_api(self, name: str, cls: type) -> None:
+        """Refuse a class that does not implement this registry's API (base class, methods)."""
+        module, _, attribute = self.base.partition(":")
+        base = getattr(importlib.import_module(module), attribute)
+        api = f"the {base.__name__} API of {base.__module__}"
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            what = _qualified(cls) if isinstance(cls, type) else repr(cls)
+            raise RegistryError(f"{self.kind} {name!r} ({what}) does not implement {api}: it must be a subclass "
+                                f"of {base.__name__}.")
+        missing = [method for method in self.required if getattr(cls, method, None) is getattr(base, method)]
+        if missing:
+            raise RegistryError(f"{self.kind} {name!r} ({_qualified(cls)}) does not implement {api}: it must "
+                                f"define {', '.join(m + '()' for m in missing)}.")
 
     # --- discovery ----------------------------------------------------------------
     def load_builtins(self) -> None:
@@ -94,13 +112,13 @@ class Registry(Generic[T]):
         dist = getattr(ep.dist, "name", None) or "unknown distribution"
         try:
             obj = ep.load()
-        except Exception as exc:
+            if isinstance(obj, type) and ep.name not in self._classes:
+                self.add(ep.name, obj)
+        except Exception as exc:  # an import error, a duplicate name, a class that is no Cell/Task ...
             raise RegistryError(
-                f"{self.kind} plugin {ep.name!r} from distribution {dist!r} failed to import "
+                f"{self.kind} plugin {ep.name!r} from distribution {dist!r} failed to load "
                 f"({ep.value}): {type(exc).__name__}: {exc}"
             ) from exc
-        if isinstance(obj, type) and ep.name not in self._classes:
-            self.add(ep.name, obj)
         if ep.name not in self._classes:
             raise RegistryError(
                 f"{self.kind} plugin {ep.name!r} from distribution {dist!r} ({ep.value}) was imported "
@@ -135,8 +153,10 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-CELLS: Registry = Registry("cell", "rnnbench.cells", "rnnbench.cells")
-TASKS: Registry = Registry("task", "rnnbench.tasks", "rnnbench.tasks")
+CELLS: Registry = Registry("cell", "rnnbench.cells", "rnnbench.cells", base="rnnbench.cell:Cell",
+                           required=("step",))
+TASKS: Registry = Registry("task", "rnnbench.tasks", "rnnbench.tasks", base="rnnbench.task:Task",
+                           required=("build_model", "loss_and_metrics"))
 
 
 def register_cell(name: str):

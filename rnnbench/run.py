@@ -120,6 +120,7 @@ def _validate_optim(o: dict) -> None:
     check(o.get("warmup_steps", 0) >= 0, "optim.warmup_steps", o.get("warmup_steps"), "an integer >= 0")
     check(o.get("step_size", 1) >= 1, "optim.step_size", o.get("step_size"), "an integer >= 1")
     check(o.get("gamma", 0.1) > 0, "optim.gamma", o.get("gamma"), "a number > 0")
+    check(o.get("patience", 0) >= 0, "optim.patience", o.get("patience"), "an integer >= 0")
     first = o.get("first_decay_step")
     check(first is None or first >= 1, "optim.first_decay_step", first,
           "null (= optim.step_size) or an integer >= 1")
@@ -532,6 +533,7 @@ class RunCheckpoints(pl.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        trainer.save_checkpoint(self.folder / "last.ckpt")
+        # weights_only=False: the whole training state (optimiser, loops, callbacks), for resuming.
+        trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
         if self.tracker.best_step is not None and self.tracker.best_step == trainer.global_step:
-            trainer.save_checkpoint(self.folder / "best.ckpt")
+            trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)

@@ -41,3 +41,23 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
+
+
+def _data_dir() -> Path:
+    """The read-only corpora: ``RNNBENCH_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return Path(os.environ.get("RNNBENCH_DATA_DIR", default))
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")} if root.is_dir() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir_is_never_written():
+    """No test may create, change or delete anything under the data directory."""
+    root = _data_dir()
+    before = _snapshot(root)
+    yield
+    assert _snapshot(root) == before, f"a test wrote under the data directory {root}"

@@ -99,7 +99,7 @@ def test_bad_input_fails_before_training_with_a_clear_message(workdir, args, exp
 
 def test_unknown_top_level_key_is_refused(workdir):
     proc = run_cli(["colour=blue", *TINY], workdir)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "colour" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(workdir.rglob("summary.json"))
 
@@ -139,12 +139,14 @@ def test_bad_job_in_a_sweep_is_recorded_and_the_sweep_goes_on(workdir):
 
 def test_run_directories_do_not_collide(workdir):
     first = run_cli([*TINY, "trainer.max_steps=2", "trainer.val_check_interval=1"], workdir)
-    second = run_cli([*TINY, "trainer.max_steps=2", "trainer.val_check_interval=1"], workdir)
+    # force=true: run the same experiment again (resume=true would find it finished and skip it)
+    second = run_cli([*TINY, "trainer.max_steps=2", "trainer.val_check_interval=1", "force=true"], workdir)
     assert first.returncode == 0 and second.returncode == 0
     records = summaries(workdir / "results")
     assert len(records) == 2 and records[0]["run_dir"] != records[1]["run_dir"]
     assert records[0]["config_hash"] == records[1]["config_hash"]  # same experiment, recognisably
     assert records[0]["metrics"] == records[1]["metrics"]  # and, on the CPU, the same numbers
+    assert records[0]["deterministic"] is True  # which the record says
     assert json.loads(json.dumps(records[0]))  # plain JSON
 
 

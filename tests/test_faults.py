@@ -16,7 +16,7 @@ from conftest import TINY, run_cli, summaries
 from rnnbench import records
 from rnnbench.analysis import load_records
 from rnnbench.checkpoints import AtomicCheckpointIO, read_checkpoint
-from rnnbench.errors import CheckpointError
+from rnnbench.errors import CheckpointError, ConfigError
 from rnnbench.run import run_job
 
 # The adding problem with injected faults. RNNBENCH_TEST_FAULT=KIND@N makes the
@@ -51,11 +51,17 @@ class FaultyAdding(AddingTask):
 '''
 
 
-@pytest.fixture
-def faulty(workdir):
-    path = workdir / "faults.py"
+@pytest.fixture(scope="session")
+def fault_plugin(tmp_path_factory):
+    """One file for the whole session: tests that load it in-process register its task once."""
+    path = tmp_path_factory.mktemp("plugins") / "faults.py"
     path.write_text(FAULT_TASK)
-    return [f"plugins=[{path}]", "task.name=faulty_adding", *TINY]
+    return path
+
+
+@pytest.fixture
+def faulty(fault_plugin):
+    return [f"plugins=[{fault_plugin}]", "task.name=faulty_adding", *TINY]
 
 
 def run_dirs(root):
@@ -187,3 +193,12 @@ def test_corrupt_record_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
     assert list(frame["cell"]) == ["gru"] and [p.parent for p, _ in found] == [good]
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert str(torn / "summary.json") in warned and str(odd / "summary.json") in warned
+
+
+def test_a_finished_record_is_never_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records.write_json_atomic(run_dir / "summary.json", {"status": "finished", "config_hash": "another"})
+    with pytest.raises(ConfigError, match=r"already holds a finished run record; refusing to overwrite it"):
+        run_job(tiny_config(tmp_path, "force=true"), run_dir)
+    assert json.loads((run_dir / "summary.json").read_text()) == {"status": "finished", "config_hash": "another"}

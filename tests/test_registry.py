@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, run_cli, summaries
+from rnnbench import Cell
 from rnnbench.errors import RegistryError
 from rnnbench.registry import CELLS, TASKS, Registry, load_plugin_file
 
@@ -27,9 +28,11 @@ def test_unknown_name_lists_known_names_and_closest_match():
 
 
 def test_duplicate_name_names_both_modules(tmp_path):
-    registry = Registry("cell", "rnnbench.cells", "rnnbench.cells.test-none")
-    first = type("First", (), {"__module__": "pkg_a.cells"})
-    second = type("Second", (), {"__module__": "pkg_b.cells"})
+    registry = Registry("cell", "rnnbench.cells", "rnnbench.cells.test-none", base="rnnbench.cell:Cell",
+                        required=("step",))
+    step = lambda self, x_t, h: (h, h)  # noqa: E731
+    first = type("First", (Cell,), {"__module__": "pkg_a.cells", "step": step})
+    second = type("Second", (Cell,), {"__module__": "pkg_b.cells", "step": step})
     registry.add("same", first)
     with pytest.raises(RegistryError) as info:
         registry.add("same", second)
@@ -137,3 +140,44 @@ def test_broken_plugin_is_reported_with_its_distribution(tmp_path, workdir):
     # Other cells keep working beside the broken plugin.
     proc = run_cli(["cell=gru", *TINY, "trainer.max_steps=2"], workdir, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+BAD_PLUGINS = {
+    "__init__.py": "from rnnbench import Cell\n\n"
+                   "class NotACell:\n    def step(self, x_t, h):\n        return h, h\n\n"
+                   "class NoStep(Cell):\n    pass\n",
+    "dupe.py": "from rnnbench import Cell, register_cell\n\n"
+               "@register_cell('gru')\nclass MyGRU(Cell):\n    def step(self, x_t, h):\n        return h, h\n",
+    "broken.py": "import no_such_module_anywhere\n",
+}
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("notacell", "(bad_plugins.NotACell) does not implement the Cell API of rnnbench.cell: it must be a subclass of Cell"),
+    ("nostep", "(bad_plugins.NoStep) does not implement the Cell API of rnnbench.cell: it must define step()"),
+    ("dupe", "cell name 'gru' is registered twice: by rnnbench.cells.gru.GRU and by bad_plugins.dupe.MyGRU"),
+    ("broken", "ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
+])
+def test_bad_plugin_is_reported_with_distribution_and_reason(tmp_path, monkeypatch, name, reason):
+    from importlib.metadata import distributions
+
+    package = tmp_path / "bad_plugins"
+    package.mkdir()
+    for file, text in BAD_PLUGINS.items():
+        (package / file).write_text(text)
+    dist_info = tmp_path / "rnnbench_bad-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: rnnbench-bad\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[rnnbench.cells]\nnotacell = bad_plugins:NotACell\nnostep = bad_plugins:NoStep\n"
+        "dupe = bad_plugins.dupe\nbroken = bad_plugins.broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (dist,) = distributions(path=[str(tmp_path)])
+    entry_point = next(ep for ep in dist.entry_points if ep.name == name)
+    with pytest.raises(RegistryError) as info:
+        CELLS._load_entry_point(entry_point)
+    message = str(info.value)
+    assert message.startswith(f"cell plugin {name!r} from distribution 'rnnbench-bad' failed to load")
+    assert reason in message
+    assert name not in CELLS._classes
+    assert CELLS.get("gru").__module__ == "rnnbench.cells.gru"  # the other cells keep working

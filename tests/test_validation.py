@@ -136,7 +136,7 @@ GROUPS = ["cell", "task", "trainer", "optim", "model"]
 # Words Hydra's grammar turns into something else (booleans, null, special floats), and
 # every valid choice of the CHOICE_KEYS.
 SPECIAL = {"true", "false", "null", "nan", "inf", "none", "auto", *schema.ACCELERATORS, *schema.STRATEGIES,
-           *schema.PRECISIONS, "16", "32", "64", "rich", "tqdm", "constant", "cosine", "step", "adam", "rmsprop",
+           *schema.PRECISIONS, "16", "32", "64", "rich", "tqdm", "constant", "cosine", "step", "plateau", "adam", "rmsprop",
            "sgd"}
 VALID_TOP_LEVEL_INTS = {"seed", "data_seed", "init_seed"}
 
@@ -162,7 +162,7 @@ bad_override = st.one_of(
 
 
 @pytest.mark.slow  # about 1 s per example on a busy 2-core machine
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cell=st.sampled_from(["gru", "lstm", "rnn", "indrnn", "sru", "stacked_gru"]),
        task=st.sampled_from(["adding", "copy"]), override=bad_override)
 def test_random_bad_overrides_give_a_clean_error(cli_error, cell, task, override):
