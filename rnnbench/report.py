@@ -159,14 +159,14 @@ def results_table(frame: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_B
             n=n, mean=mean, ci95=ci95, std=_std(runs["test"]), baseline=_mean(runs["baseline"]),
             solved=len(solved), ended=len(ended), solved_rate=len(solved) / len(ended) if len(ended) else math.nan,
             steps_to_solve=_median(solved["steps_to_solve"]), params=_median(runs["params"]),
-            tokens_per_s=_mean(runs["tokens_per_s"]), metric_mode=runs["metric_mode"].dropna().iloc[0]
-            if runs["metric_mode"].notna().any() else None, solved_threshold=_mean(runs["solved_threshold"]),
+            tokens_per_s=_mean(runs["tokens_per_s"]), metric_mode=_first(runs["metric_mode"]),
+            solved_threshold=_mean(runs["solved_threshold"]),
         )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def horizon_table(results: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
+def horizon_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per task × group: the longest T solved by a strict majority of the ended runs."""
     keys = [k for k in results.columns[: results.columns.get_loc(LENGTH)] if k != "metric"]
     rows = []
@@ -223,6 +223,11 @@ def group_labels(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.Series:
     """The compared group of each row as one label (``"gru"``, ``"gru / 0.001"``)."""
     columns = [column_for(frame, key) for key in group_by]
     return frame[columns].astype(str).agg(" / ".join, axis=1)
+
+
+def _first(series: pd.Series):
+    values = series.dropna()
+    return values.iloc[0] if len(values) else None
 
 
 def _mean(series: pd.Series) -> float:
@@ -339,7 +344,7 @@ def _log_scale_fits(values: Sequence[float], mode) -> bool:
     return mode == "min" and bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 20
 
 
-def plot_metric_vs_length(results: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+def plot_metric_vs_length(results: pd.DataFrame, out: Path, title: str = "group") -> list[tuple[str, Path]]:
     """Per task: test metric vs T, one line per group with its 95% CI band, the baseline dashed."""
     plt, sns = _pyplot()
     made = []
@@ -366,12 +371,12 @@ def plot_metric_vs_length(results: pd.DataFrame, out: Path) -> list[tuple[str, P
             ax.set_yscale("log")
         ax.set_xscale("log" if rows[LENGTH].max() / max(rows[LENGTH].min(), 1) >= 8 else "linear")
         ax.set(xlabel="sequence length T", ylabel=f"test {metric}", title=f"{task}: test {metric} vs T (mean, 95% CI)")
-        ax.legend(fontsize="small", title="group")
+        ax.legend(fontsize="small", title=title, bbox_to_anchor=(1.02, 1), loc="upper left")
         made.append((f"{task}: test {metric} vs T", _save(fig, out, f"metric_vs_T_{task}")))
     return made
 
 
-def plot_solved_heatmap(results: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+def plot_solved_heatmap(results: pd.DataFrame, out: Path, title: str = "group") -> list[tuple[str, Path]]:
     """Per task: solved rate, group × T."""
     plt, sns = _pyplot()
     made = []
@@ -384,12 +389,12 @@ def plot_solved_heatmap(results: pd.DataFrame, out: Path) -> list[tuple[str, Pat
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * grid.shape[1], 1.2 + 0.45 * grid.shape[0]))
         sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar_kws={"label": "solved rate"},
                     ax=ax)
-        ax.set(xlabel="T", ylabel="group", title=f"{task}: solved rate")
+        ax.set(xlabel="T", ylabel=title, title=f"{task}: solved rate")
         made.append((f"{task}: solved rate", _save(fig, out, f"solved_rate_{task}")))
     return made
 
 
-def plot_metric_vs_throughput(results: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+def plot_metric_vs_throughput(results: pd.DataFrame, out: Path, title: str = "group") -> list[tuple[str, Path]]:
     """Per task: test metric vs training tokens/s (cost against benefit), marker size by T."""
     plt, sns = _pyplot()
     made = []
@@ -398,8 +403,10 @@ def plot_metric_vs_throughput(results: pd.DataFrame, out: Path) -> list[tuple[st
         if rows.empty:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        rows["group"] = rows["group"].astype(str)
-        sns.scatterplot(data=rows, x="tokens_per_s", y="mean", hue="group", size=LENGTH, sizes=(30, 200), ax=ax)
+        rows[title] = rows["group"].astype(str)
+        rows["T"] = rows[LENGTH]
+        sns.scatterplot(data=rows, x="tokens_per_s", y="mean", hue=title, hue_order=sorted(rows[title].unique()),
+                        size="T", sizes=(30, 200), ax=ax)
         ax.set_xscale("log")
         if _log_scale_fits(list(rows["mean"]), rows["metric_mode"].iloc[0]):
             ax.set_yscale("log")
@@ -431,7 +438,7 @@ def learning_curves(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["step", "value", "run_dir"])
 
 
-def plot_learning_curves(frame: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+def plot_learning_curves(frame: pd.DataFrame, out: Path, title: str = "group") -> list[tuple[str, Path]]:
     """Per task: validation metric vs step, one panel per T, one line per group (mean over seeds)."""
     plt, sns = _pyplot()
     curves = learning_curves(frame)
@@ -440,21 +447,23 @@ def plot_learning_curves(frame: pd.DataFrame, out: Path) -> list[tuple[str, Path
     curves = curves.merge(frame[["run_dir", "task", "metric", "group", LENGTH, "metric_mode"]], on="run_dir")
     made = []
     for task, rows in curves.groupby("task", sort=True):
-        rows = rows.assign(T=rows[LENGTH].map(_length))
+        rows = rows.assign(T=rows[LENGTH].map(_length), **{title: rows["group"]})
         order = sorted(rows["T"].unique(), key=lambda t: (len(t), t))
-        grid = sns.relplot(data=rows, x="step", y="value", hue="group", col="T", col_order=order, kind="line",
+        grid = sns.relplot(data=rows, x="step", y="value", hue=title, hue_order=sorted(rows[title].unique()),
+                           col="T", col_order=order, kind="line",
                            errorbar=None, col_wrap=min(4, len(order)), height=3, aspect=1.2,
                            facet_kws={"sharey": True})
         metric = rows["metric"].iloc[0]
         if _log_scale_fits(list(rows["value"]), rows["metric_mode"].iloc[0]):
             grid.set(yscale="log")
         grid.set_axis_labels("step", f"validation {metric}")
+        sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))
         grid.figure.suptitle(f"{task}: learning curves (mean over seeds)", y=1.02)
         made.append((f"{task}: learning curves", _save(grid.figure, out, f"learning_curves_{task}")))
     return made
 
 
-def plot_length_generalisation(frame: pd.DataFrame, group_by: Sequence[str], out: Path) -> list[tuple[str, Path]]:
+def plot_length_generalisation(frame: pd.DataFrame, group_by: Sequence[str], out: Path, title: str = "group") -> list[tuple[str, Path]]:
     """Per task: metric vs evaluation length, one line per group and training T (mean over seeds)."""
     plt, sns = _pyplot()
     long = _length_rows(frame, group_by)
@@ -462,9 +471,10 @@ def plot_length_generalisation(frame: pd.DataFrame, group_by: Sequence[str], out
     if long.empty:
         return made
     for task, rows in long.groupby("task", sort=True):
-        rows = rows.assign(**{"trained at T": rows["train T"].map(_length)})
+        rows = rows.assign(**{"trained at T": rows["train T"].map(_length), title: rows["group"]})
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        sns.lineplot(data=rows, x="eval T", y="value", hue="group", style="trained at T", markers=True,
+        sns.lineplot(data=rows, x="eval T", y="value", hue=title, hue_order=sorted(rows[title].unique()),
+                     style="trained at T", markers=True,
                      errorbar=None, ax=ax)
         baseline = rows.groupby("eval T")["baseline"].mean()
         ax.plot(baseline.index, baseline.values, "k--", label="memoryless baseline")
@@ -531,7 +541,8 @@ def plot_diagnostics(frame: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
         fig, axes = plt.subplots(1, len(used), figsize=(5.2 * len(used), 4.2), squeeze=False)
         for ax, (x, _, ylabel, log_y, name) in zip(axes[0], used):
             rows = _rows_for(long[name], task, T)
-            sns.lineplot(data=rows, x=x, y="value", hue="group", errorbar=None, ax=ax)
+            sns.lineplot(data=rows, x=x, y="value", hue="group", hue_order=sorted(rows["group"].unique()),
+                         errorbar=None, ax=ax)
             if log_y:
                 ax.set_yscale("log")
             if x == "offset":
@@ -624,8 +635,10 @@ def build_report(root: str | Path, out: Optional[str | Path] = None, tasks: Sequ
     group_by = list(group_by) or list(DEFAULT_GROUP_BY)
     runs = runs.assign(group=group_labels(runs, group_by))
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "plots").glob("*.[ps][nv]g"):  # plots of an earlier report into the same folder
+        stale.unlink()
     results = results_table(runs, group_by)
-    report = Report(out=out, runs=runs, results=results, horizon=horizon_table(results, group_by),
+    report = Report(out=out, runs=runs, results=results, horizon=horizon_table(results),
                     problems=problems_table(runs), lengths=length_table(runs, group_by), speed=load_speed(root))
     write_table(display_results(results), out, "results", numbers=results)
     write_table(display_horizon(report.horizon), out, "horizon", numbers=report.horizon)
@@ -635,11 +648,12 @@ def build_report(root: str | Path, out: Optional[str | Path] = None, tasks: Sequ
     if not report.speed.empty:
         write_table(_speed_display(report.speed), out, "speed")
     if plots:
-        report.plots += plot_metric_vs_length(results, out)
-        report.plots += plot_learning_curves(runs, out)
-        report.plots += plot_solved_heatmap(results, out)
-        report.plots += plot_metric_vs_throughput(results, out)
-        report.plots += plot_length_generalisation(runs, group_by, out)
+        title = " / ".join(group_by)
+        report.plots += plot_metric_vs_length(results, out, title)
+        report.plots += plot_learning_curves(runs, out, title)
+        report.plots += plot_solved_heatmap(results, out, title)
+        report.plots += plot_metric_vs_throughput(results, out, title)
+        report.plots += plot_length_generalisation(runs, group_by, out, title)
         report.plots += plot_diagnostics(runs, out)
         report.plots += plot_speed(report.speed, out)
     (out / "report.md").write_text(_report_markdown(report, root, group_by, tasks, cells, where), encoding="utf-8")
@@ -742,3 +756,7 @@ class SweepReport(Callback):
             log.exception("the report of %s could not be written; run rnnbench-report %s", sweep_dir, sweep_dir)
             return
         print("\n" + report.summary())
+
+
+if __name__ == "__main__":
+    main()

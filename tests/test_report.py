@@ -106,8 +106,8 @@ def test_mean_ci_edge_cases():
 def joblib_sweep(tmp_path_factory):
     """2 cells x 2 lengths x 2 seeds through the real CLI with the joblib launcher (2 jobs)."""
     workdir = tmp_path_factory.mktemp("sweep")
-    proc = run_cli(["-m", "hydra/launcher=local", "cell=gru,lstm", "task=adding", "task.seq_len=6,10", "seed=0,1",
-                    *TINY, "trainer.max_steps=10", "trainer.checkpoint=false", "trainer.threads=1",
+    proc = run_cli(["-m", *TINY, "hydra/launcher=local", "cell=gru,lstm", "task=adding", "task.seq_len=6,10",
+                    "seed=0,1", "trainer.max_steps=10", "trainer.checkpoint=false", "trainer.threads=1",
                     "task.eval_lengths=[20]", "diagnostics=true"], workdir)
     return workdir, proc
 
@@ -156,9 +156,30 @@ def test_joblib_sweep_writes_every_record_and_the_report(joblib_sweep, capsys):
 @pytest.mark.slow
 def test_sweep_failure_recorded_by_a_child_process_sets_the_exit_code(workdir):
     """A job that fails in a joblib worker leaves a record; the parent reads it and exits 1."""
-    proc = run_cli(["-m", "hydra/launcher=local", "cell=gru", "task=adding", "task.seq_len=1,6", *TINY,
+    proc = run_cli(["-m", *TINY, "hydra/launcher=local", "cell=gru", "task=adding", "task.seq_len=1,6",
                     "trainer.max_steps=5", "trainer.checkpoint=false", "trainer.threads=1"], workdir)
     assert proc.returncode == 1, proc.stderr[-3000:]
     statuses = sorted(r["status"] for r in summaries(workdir / "results"))
     assert statuses == ["failed", "finished"]
     assert "1 run(s) of the sweep failed" in proc.stderr
+
+
+def test_speed_records_are_found_tabulated_and_plotted(tmp_path):
+    from rnnbench.report import load_speed, plot_speed
+    from rnnbench.speed import COLUMNS
+
+    rows = [{**{c: "" for c in COLUMNS}, "preset": p, "cell": p, "path": "fast", "seq_len": T, "batch": 8, "hidden": 16,
+             "ms_fwd_bwd": ms, "tokens_per_s_fwd_bwd": 8 * T / ms * 1000}
+            for p, ms in (("gru", 2.0), ("lstm", 3.0)) for T in (50, 100)]
+    (tmp_path / "bench").mkdir()
+    import csv
+
+    with (tmp_path / "bench" / "speed.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "bench" / "metrics.csv").write_text("step,val/mse\n")  # a run's curve, not a speed record
+    speed = load_speed(tmp_path)
+    assert len(speed) == 4 and set(speed["preset"]) == {"gru", "lstm"}
+    ((title, png),) = plot_speed(speed, tmp_path / "out")
+    assert png.stat().st_size > 5000 and png.with_suffix(".svg").is_file()
