@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cell import State, map_state, state_leaves
-from .errors import check
+from .errors import ConfigError, check
 
 ATTENTIONS = ("bahdanau", "luong_dot", "luong_general", "none")
 
@@ -118,16 +118,19 @@ class Seq2Seq(nn.Module):
         else:
             decoder_input = embedding_size + memory_size
         self.decoder = make_stack(decoder_input, bidirectional=False)
-        check(not self.decoder.bidirectional, "decoder bidirectional", True,
-              "a unidirectional decoder (it generates left to right): the stack factory must honour "
-              "bidirectional=False")
-        check(self.decoder.num_layers == self.encoder.num_layers, "decoder num_layers", self.decoder.num_layers,
-              f"the encoder's number of layers ({self.encoder.num_layers}), so that the bridge maps layer to layer")
+        if self.decoder.bidirectional:
+            raise ConfigError("the translation decoder must be unidirectional (it generates left to right), but the "
+                              "stack factory built a bidirectional one: make_stack(input_size, bidirectional=False) "
+                              "must return a one-way stack.")
+        if self.decoder.num_layers != self.encoder.num_layers:
+            raise ValueError(f"the decoder has {self.decoder.num_layers} layers and the encoder "
+                             f"{self.encoder.num_layers}: the bridge maps layer to layer, so they must match")
 
         # Bridge: one tanh(Linear) per decoder layer and state leaf, from the encoder
         # layer's final state leaves (both directions concatenated).
-        encoder_leaves = [l.shape[1:].numel() for l in state_leaves(self.encoder.cells[0].initial_state(1, "meta"))]
-        decoder_leaves = [l.shape[1:].numel() for l in state_leaves(self.decoder.cells[0].initial_state(1, "meta"))]
+        encoder_leaves, decoder_leaves = (
+            [leaf.shape[1:].numel() for leaf in state_leaves(stack.cells[0].initial_state(1, "meta"))]
+            for stack in (self.encoder, self.decoder))
         if len(encoder_leaves) != len(decoder_leaves):
             raise ValueError("encoder and decoder cells must have states of the same structure")
         directions = self.encoder.num_directions
@@ -181,7 +184,12 @@ class Seq2Seq(nn.Module):
 
     # --- one decoder step --------------------------------------------------------------
     def step(self, tokens: Tensor, state, memory: Tensor, keys: Tensor, mask: Tensor):
-        """Decode one step: ``tokens (B,)`` -> ``(logits (B, V), state, weights (B, S) or None)``.
+        """Decode one step: ``tokens (B,)`` -> ``(logits (B, V), state, weights (B, S) or None)``."""
+        features, state, weights = self.step_features(tokens, state, memory, keys, mask)
+        return self.out(self.dropout(features)), state, weights
+
+    def step_features(self, tokens: Tensor, state, memory: Tensor, keys: Tensor, mask: Tensor):
+        """One decoder step up to the output layer: ``(features, state, weights)``.
 
         ``state`` is ``(cell states per layer, feed)``: ``feed`` is the previous top-layer
         output (bahdanau's query), ``h~_{t-1}`` (luong with input feeding) or empty.
@@ -205,13 +213,12 @@ class Seq2Seq(nn.Module):
             new_states.append(cell_state)
         if self.luong:
             context, weights = self.attention(x, keys, memory, mask)
-            attentional = torch.tanh(self.combine(torch.cat([context, x], dim=-1)))
-            logits = self.out(self.dropout(attentional))
-            feed = attentional if self.input_feeding else feed
+            features = torch.tanh(self.combine(torch.cat([context, x], dim=-1)))  # h~_t
+            feed = features if self.input_feeding else feed
         else:
-            logits = self.out(self.dropout(torch.cat([x, context, embedded], dim=-1)))
+            features = torch.cat([x, context, embedded], dim=-1)
             feed = x
-        return logits, (tuple(new_states), feed), weights
+        return features, (tuple(new_states), feed), weights
 
     # --- training ------------------------------------------------------------------------
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor,
@@ -219,21 +226,26 @@ class Seq2Seq(nn.Module):
         """Logits ``(B, T, V)`` for targets ``tgt_in`` (``<bos> y_1 ... y_{T-1}``) and the
         attention weights ``(B, T, S)`` (None without attention). With probability
         ``1 - teacher_forcing`` (per step, whole batch) a step reads the model's own
-        previous prediction instead of the reference token."""
+        previous prediction instead of the reference token. With full teacher forcing
+        the output layer runs once over all steps (one large matmul)."""
         enc = self.encode(src, src_lengths)
         state = enc["state"]
-        logits, weights = [], []
-        tokens = tgt_in[:, 0]
+        features, logits, weights = [], [], []
         for gold in tgt_in.unbind(1):
-            if logits and teacher_forcing < 1.0 and float(torch.rand(())) >= teacher_forcing:
+            if logits and float(torch.rand(())) >= teacher_forcing:
                 tokens = logits[-1].argmax(-1)
             else:
                 tokens = gold
-            step_logits, state, step_weights = self.step(tokens, state, enc["memory"], enc["keys"], enc["mask"])
-            logits.append(step_logits)
+            step_features, state, step_weights = self.step_features(tokens, state, enc["memory"], enc["keys"],
+                                                                    enc["mask"])
+            if teacher_forcing < 1.0:
+                logits.append(self.out(self.dropout(step_features)))
+            features.append(step_features)
             weights.append(step_weights)
         attention = None if weights[0] is None else torch.stack(weights, dim=1)
-        return torch.stack(logits, dim=1), attention
+        if teacher_forcing < 1.0:
+            return torch.stack(logits, dim=1), attention
+        return self.out(self.dropout(torch.stack(features, dim=1))), attention
 
     # --- decoding --------------------------------------------------------------------------
     @torch.no_grad()

@@ -49,7 +49,7 @@ from rnnbench.errors import check, is_int
 from rnnbench.records import write_json_atomic
 from rnnbench.registry import register_task
 from rnnbench.seq2seq import ATTENTIONS, Seq2Seq
-from rnnbench.task import TEST_STREAM, TRAIN_STREAM, VAL_STREAM, Task, seeded_generator
+from rnnbench.task import FIXED_TRAIN_STREAM, TEST_STREAM, TRAIN_STREAM, VAL_STREAM, Task, seeded_generator
 
 DATASETS = ("synthetic", "multi30k", "tsv")
 
@@ -175,10 +175,8 @@ class TranslationTask(Task):
                 "beam_size": self.beam_size}
 
     # --- data ---------------------------------------------------------------------------------
-    def _tokenize_source(self, text: str) -> list[str]:
-        return text.split() if self.dataset == "synthetic" else pd.tokenize(text, self.lowercase)
-
-    def _tokenize_target(self, text: str) -> list[str]:
+    def _tokenize(self, text: str) -> list[str]:
+        """Synthetic text is already space-separated tokens; real text goes through the tokeniser."""
         return text.split() if self.dataset == "synthetic" else pd.tokenize(text, self.lowercase)
 
     def detokenize(self, tokens: list[str]) -> str:
@@ -215,7 +213,7 @@ class TranslationTask(Task):
         real = self.dataset != "synthetic"
         if real and self._train_tokens is not None:
             return self._train_tokens
-        tokenised = [(self._tokenize_source(s), self._tokenize_target(t)) for s, t in pairs]
+        tokenised = [(self._tokenize(s), self._tokenize(t)) for s, t in pairs]
         kept = [(s, t) for s, t in tokenised if 0 < len(s) <= self.max_length and 0 < len(t) <= self.max_length]
         if not kept:
             raise pd.DataError(f"no training pair has both sides within task.max_length={self.max_length} tokens.")
@@ -229,7 +227,7 @@ class TranslationTask(Task):
             if self.dataset == "synthetic":
                 raw = {}
                 seen: frozenset = frozenset()
-                for split, stream in (("test", TEST_STREAM), ("val", VAL_STREAM), ("train", TRAIN_STREAM)):
+                for split, stream in (("test", TEST_STREAM), ("val", VAL_STREAM), ("train", FIXED_TRAIN_STREAM)):
                     # Distinct pairs; validation and test never occur in training.
                     raw[split] = pd.synthetic_dates(self.synthetic_sizes[split], seeded_generator(data_seed, stream),
                                                     exclude=seen)
@@ -237,15 +235,14 @@ class TranslationTask(Task):
             else:
                 raw = self._real_pairs()
             src_vocab, tgt_vocab = self.vocabularies()
-            eos, bos = tgt_vocab.stoi[pd.EOS], tgt_vocab.stoi[pd.BOS]
             encoded = {}
             for split, pairs in raw.items():
                 # Training pairs are filtered by length; evaluation keeps every pair.
                 tokenised = self._training_pairs(pairs) if split == "train" else \
-                    [(self._tokenize_source(s), self._tokenize_target(t)) for s, t in pairs]
+                    [(self._tokenize(s), self._tokenize(t)) for s, t in pairs]
                 encoded[split] = pd.Encoded(
-                    src=[src_vocab.encode(s) + [eos] for s, _ in tokenised],
-                    tgt=[[bos] + tgt_vocab.encode(t) + [eos] for _, t in tokenised],
+                    src=[src_vocab.encode([*s, pd.EOS]) for s, _ in tokenised],
+                    tgt=[tgt_vocab.encode([pd.BOS, *t, pd.EOS]) for _, t in tokenised],
                     references=[] if split == "train" else [t for _, t in pairs],
                     sources=[] if split == "train" else [s for s, _ in pairs],
                 )

@@ -317,7 +317,7 @@ def test_a_bidirectional_decoder_is_refused():
     def ignores_direction(input_size, bidirectional=None):
         return CellStack(CELLS.get("gru"), input_size, 8, bidirectional=True)
 
-    with pytest.raises(ConfigError, match="unidirectional decoder"):
+    with pytest.raises(ConfigError, match="decoder must be unidirectional"):
         TranslationTask().build_model(ignores_direction)
 
 
@@ -340,7 +340,7 @@ def test_short_synthetic_run_translates_dates(workdir):
     proc = run_cli(["task=translation", "cell=gru", "cell.hidden_size=64", "task.synthetic_val_size=200",
                     "task.synthetic_test_size=200", "task.beam_size=2", "trainer.max_steps=250",
                     "trainer.val_check_interval=125", "trainer.stop_when_solved=true", "trainer.progress_bar=none"],
-                   workdir)
+                   workdir, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")
     test = record["metrics"]["test"]
@@ -359,4 +359,4 @@ def test_short_synthetic_run_translates_dates(workdir):
 def test_cli_refuses_a_bidirectional_decoder(workdir):
     proc = run_cli(["task=translation", "task.decoder_bidirectional=true"], workdir)
     assert proc.returncode == 2 and "task.decoder_bidirectional" in proc.stderr
-    assert not (workdir / "results").exists()
+    assert not summaries(workdir / "results")  # refused before any run record was written
