@@ -76,7 +76,7 @@ class CorpusFile:
 
 
 @dataclass(frozen=True)
-class Dataset:
+class CorpusSpec:
     """A named corpus: its files (one per split, or one to be cut), levels and reading rule."""
 
     files: dict[str, CorpusFile]  # keys: "train", "valid", "test"; or "all" (cut by DEFAULT_SPLIT)
@@ -87,8 +87,8 @@ class Dataset:
     replace: dict[str, str] = field(default_factory=dict)  # tokens rendered differently in generated text
 
 
-DATASETS: dict[str, Dataset] = {
-    "ptb_word": Dataset(
+DATASETS: dict[str, CorpusSpec] = {
+    "ptb_word": CorpusSpec(
         files={
             "train": CorpusFile("ptb/ptb.train.txt", _PTB_URL + "ptb.train.txt",
                                 "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
@@ -99,7 +99,7 @@ DATASETS: dict[str, Dataset] = {
         },
         levels=("word",), lines=True, join=" ", replace={EOS: "\n"},
     ),
-    "ptb_char": Dataset(
+    "ptb_char": CorpusSpec(
         files={
             "train": CorpusFile("ptb/ptb.char.train.txt", _PTB_URL + "ptb.char.train.txt",
                                 "e313d91425e06c4f0a8fb6e881dcce0c291f2a0e9f4dda54833069b122f91da9"),
@@ -110,7 +110,7 @@ DATASETS: dict[str, Dataset] = {
         },
         levels=("char",), lines=True, join="", replace={"_": " ", EOS: "\n"},
     ),
-    "wikitext2": Dataset(
+    "wikitext2": CorpusSpec(
         files={
             # The SHA-256 of train.txt could not be taken on the offline machine this table
             # was written on; its download is used unverified until it is filled in.
@@ -122,21 +122,21 @@ DATASETS: dict[str, Dataset] = {
         },
         levels=("word",), lines=True, join=" ", replace={EOS: "\n"},
     ),
-    "tinyshakespeare": Dataset(
+    "tinyshakespeare": CorpusSpec(
         files={"all": CorpusFile(
             "tinyshakespeare/input.txt",
             "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
             "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")},
         levels=("char",),
     ),
-    "timemachine": Dataset(
+    "timemachine": CorpusSpec(
         files={"all": CorpusFile(
             "timemachine/timemachine.txt", "https://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
             "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516")},
         levels=("char", "word"), normalise="d2l",
     ),
-    "demo": Dataset(files={}, levels=("char", "word")),
-    "text": Dataset(files={}, levels=("char", "word")),
+    "demo": CorpusSpec(files={}, levels=("char", "word")),
+    "text": CorpusSpec(files={}, levels=("char", "word")),
 }
 
 
@@ -226,7 +226,7 @@ def demo_text() -> str:
     return "\n".join(topics[key] for key in sorted(topics))
 
 
-def _tokens(text: str, level: str, dataset: Dataset) -> list[str]:
+def _tokens(text: str, level: str, dataset: CorpusSpec) -> list[str]:
     if dataset.normalise == "d2l":
         text = d2l_normalise(text)
     if dataset.lines or level == "word":

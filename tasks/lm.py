@@ -253,9 +253,9 @@ class LMTask(Task):
         rows = self._rows("train", self.batch_size * world_size)[rank * self.batch_size:(rank + 1) * self.batch_size]
         length = rows.shape[1]
         if self.variable_bptt:
+            @functools.lru_cache(maxsize=2)
             def schedule(epoch: int):
                 return variable_windows(length, self.bptt, seeded_generator(data_seed, TRAIN_STREAM, epoch))
-            schedule = functools.lru_cache(maxsize=2)(schedule)
         else:
             windows = fixed_windows(length, self.bptt)
 
@@ -264,8 +264,11 @@ class LMTask(Task):
         return DataLoader(Windows(rows, schedule, start_step, fixed_length=not self.variable_bptt), batch_size=None)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        windows = fixed_windows(self._rows(split, self.eval_batch_size).shape[1], self.bptt)
-        return DataLoader(Windows(self._rows(split, self.eval_batch_size), lambda epoch: windows), batch_size=None)
+        # Under DDP every rank evaluates the whole split: the carried state needs the
+        # windows in order, and the synced means of equal values are those values.
+        rows = self._rows(split, self.eval_batch_size)
+        windows = fixed_windows(rows.shape[1], self.bptt)
+        return DataLoader(Windows(rows, lambda epoch: windows), batch_size=None)
 
     def val_dataloader(self, data_seed: int):
         return self._eval_loader("valid")
@@ -358,7 +361,8 @@ def sample(model: LanguageModel, vocab: Vocabulary, prompt: str, length: int, te
             logits, state = model(torch.tensor([[token]], device=device), state)
     finally:
         model.train(was_training)
-    return prompt + vocab.join * bool(prompt and drawn) + vocab.decode(drawn)
+    separator = vocab.join if prompt and drawn else ""
+    return prompt + separator + vocab.decode(drawn)
 
 
 def generate_from_run(run_dir: str | Path, prompt: str = "", length: int = 200, temperature: float = 1.0,
