@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, length_mask, scan
+from rnnbench.cell import Cell, scan
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -144,13 +144,8 @@ class LSTM(Cell):
         self, x: Tensor, state: Optional[LSTMState] = None, lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, LSTMState]:
         """``(B, T, I) -> (B, T, H)`` and the state after each sequence's last real step."""
-        batch_size, seq_len, _ = x.shape
-        if state is None:
-            state = self.initial_state(batch_size, x.device, x.dtype)
-        mask = length_mask(lengths, batch_size, seq_len, x.device)  # also validates lengths
-        if mask is not None and bool(mask.all()):
-            mask = None
-        if self.use_fused and seq_len > 0:
+        state, mask = self.prepare(x, state, lengths)
+        if self.use_fused and x.shape[1] > 0:
             if mask is None:
                 return self._fused(x, state)
             return self._fused_lengths(x, state, mask)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, last_real_outputs, length_mask, scan
+from rnnbench.cell import Cell, last_real_outputs, scan
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -106,13 +106,8 @@ class RNN(Cell):
         self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor]:
         """``(B, T, I) -> (B, T, H)`` and the state after each sequence's last real step."""
-        batch_size, seq_len, _ = x.shape
-        if state is None:
-            state = self.initial_state(batch_size, x.device, x.dtype)
-        mask = length_mask(lengths, batch_size, seq_len, x.device)  # also validates lengths
-        if mask is not None and bool(mask.all()):
-            mask = None
-        if self.use_fused and seq_len > 0:
+        state, mask = self.prepare(x, state, lengths)
+        if self.use_fused and x.shape[1] > 0:
             return self._fused(x, state, mask)
         return self._loop(x, state, mask)
 

@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, length_mask
+from rnnbench.cell import Cell
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -295,14 +295,9 @@ class SRU(Cell):
         self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor]:
         """``(B, T, I) -> (B, T, H)`` and ``c`` after each sequence's last real step."""
-        batch_size, seq_len, _ = x.shape
-        if state is None:
-            state = self.initial_state(batch_size, x.device, x.dtype)
-        if not self.use_fused or seq_len == 0:
+        state, mask = self.prepare(x, state, lengths)
+        if not self.use_fused or x.shape[1] == 0:
             return self.loop_steps(x, state, lengths)
-        mask = length_mask(lengths, batch_size, seq_len, x.device)  # also validates lengths
-        if mask is not None and bool(mask.all()):
-            mask = None
         x = x.transpose(0, 1)  # time-first inside, as torch.nn.LSTM(batch_first=True) on CPU
         # All T steps of every input projection at once, one GEMM per (H, I) block: each
         # (T, B, H) result is contiguous for the loops of SRURecurrence, and four of them

@@ -98,14 +98,24 @@ class Cell(nn.Module):
     ) -> tuple[Tensor, State]:
         return self.loop_steps(x, state, lengths)
 
-    def loop_steps(
+    def prepare(
         self, x: Tensor, state: Optional[State] = None, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, State]:
-        """The reference ``forward``: ``step`` at every time step, padding masked."""
+    ) -> tuple[State, Optional[Tensor]]:
+        """What every ``forward`` starts with: the initial state when none is given, and
+        the ``(B, T)`` padding mask from ``lengths`` (validated), None when every step is real."""
         batch_size, seq_len, _ = x.shape
         if state is None:
             state = self.initial_state(batch_size, x.device, x.dtype)
         mask = length_mask(lengths, batch_size, seq_len, x.device)
+        if mask is not None and bool(mask.all()):
+            mask = None
+        return state, mask
+
+    def loop_steps(
+        self, x: Tensor, state: Optional[State] = None, lengths: Optional[Tensor] = None
+    ) -> tuple[Tensor, State]:
+        """The reference ``forward``: ``step`` at every time step, padding masked."""
+        state, mask = self.prepare(x, state, lengths)
         return scan(self.step, x, state, mask, self.output_size)
 
     # --- introspection ----------------------------------------------------------------
@@ -126,9 +136,7 @@ class Cell(nn.Module):
         Same values as :meth:`forward`; slower, so only used when something is recorded.
         """
         batch_size, seq_len, _ = x.shape
-        if state is None:
-            state = self.initial_state(batch_size, x.device, x.dtype)
-        mask = length_mask(lengths, batch_size, seq_len, x.device)
+        state, mask = self.prepare(x, state, lengths)
         gates_over_time: list[dict[str, Tensor]] = []
 
         def step(x_t, state):
