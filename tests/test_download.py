@@ -46,7 +46,8 @@ def test_checksum_mismatch_deletes_the_download(tmp_path, published):
     assert not any(p.is_file() for p in cache.rglob("*"))
 
 
-def test_offline_error_names_the_file_and_the_option(tmp_path):
+def test_offline_error_names_the_file_and_the_option(tmp_path, monkeypatch):
+    monkeypatch.delenv("RNNBENCH_DATA_DIR", raising=False)  # a data dir holding PTB would answer first
     with pytest.raises(DataError, match=r"ptb/ptb.train.txt not found .*task.data_dir=/path/to/data"):
         corpus_file("ptb/ptb.train.txt", url=(tmp_path / "missing").as_uri(), cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="has no download location"):
