@@ -336,10 +336,12 @@ def test_bad_options_are_refused(options, message):
 @pytest.mark.slow
 def test_short_synthetic_run_translates_dates(workdir):
     """GRU + Bahdanau attention learns the date task to high exact match in a few hundred steps on a CPU
-    (measured: BLEU 99.5, exact match 0.97 after 200 steps at hidden size 64)."""
+    (measured: 250 steps, 15 s of training, test BLEU 99.6, exact match 0.98). One thread: on a
+    shared, loaded CPU torch's default two threads ran this same run more than 30x slower."""
     proc = run_cli(["task=translation", "cell=gru", "cell.hidden_size=64", "task.synthetic_val_size=200",
                     "task.synthetic_test_size=200", "task.beam_size=2", "trainer.max_steps=250",
-                    "trainer.val_check_interval=125", "trainer.stop_when_solved=true", "trainer.progress_bar=none"],
+                    "trainer.val_check_interval=125", "trainer.stop_when_solved=true", "trainer.progress_bar=none",
+                    "trainer.threads=1"],
                    workdir, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")
