@@ -210,7 +210,8 @@ def _length_rows(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
         per_length = run["length_generalisation"]
         if not isinstance(per_length, dict) or not per_length:
             continue
-        base = {"task": run["task"], "metric": run["metric"], "group": run["group"], "train T": run[LENGTH]}
+        base = {"task": run["task"], "metric": run["metric"], "metric_mode": run["metric_mode"], "group": run["group"],
+                "train T": run[LENGTH]}
         rows.append({**base, "eval T": run[LENGTH], "value": run["test"], "solved": bool(run["solved"]),
                      "baseline": run["baseline"]})
         for T, metrics in per_length.items():
@@ -367,8 +368,12 @@ def plot_metric_vs_length(results: pd.DataFrame, out: Path, title: str = "group"
         if not threshold.empty:
             ax.axhline(threshold.iloc[0], color="grey", linestyle=":", label="solved threshold")
         metric, mode = rows["metric"].iloc[0], rows["metric_mode"].iloc[0]
-        if _log_scale_fits(list(rows["mean"]) + list(baseline.values), mode):
+        shown = [v for v in [*rows["mean"], *baseline.values, *threshold] if math.isfinite(v)]
+        if _log_scale_fits(shown, mode):
             ax.set_yscale("log")
+        else:  # bands wider than the data (n = 2 seeds: t = 12.7) are cut at the axes
+            low, high = min(shown), max(shown)
+            ax.set_ylim(low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
         ax.set_xscale("log" if rows[LENGTH].max() / max(rows[LENGTH].min(), 1) >= 8 else "linear")
         ax.set(xlabel="sequence length T", ylabel=f"test {metric}", title=f"{task}: test {metric} vs T (mean, 95% CI)")
         ax.legend(fontsize="small", title=title, bbox_to_anchor=(1.02, 1), loc="upper left")
@@ -479,6 +484,8 @@ def plot_length_generalisation(frame: pd.DataFrame, group_by: Sequence[str], out
         baseline = rows.groupby("eval T")["baseline"].mean()
         ax.plot(baseline.index, baseline.values, "k--", label="memoryless baseline")
         metric = rows["metric"].iloc[0]
+        if _log_scale_fits([*rows["value"], *baseline.values], rows["metric_mode"].iloc[0]):
+            ax.set_yscale("log")
         ax.set(xlabel="evaluation length T", ylabel=f"test {metric}", title=f"{task}: length generalisation")
         ax.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
         made.append((f"{task}: length generalisation", _save(fig, out, f"length_generalisation_{task}")))

@@ -55,7 +55,8 @@ def test_gru_gradient_norms_through_time_and_gates():
     assert aligned["offsets"][:6] == [-5, -4, -3, -2, -1, 0] and len(aligned["l0.fwd.z"]) == T + 5
     # At offset 0 every sequence contributes: the mean of z at each first marker.
     first = AddingTask.marker_positions(inputs)[:, 0]
-    _, _, gates = exp.model.stack.forward_with_gates(inputs)
+    with torch.no_grad():
+        _, _, gates = exp.model.stack.forward_with_gates(inputs)
     at_marker = gates["l0.fwd.z"].mean(2)[torch.arange(len(first)), first].mean()
     assert aligned["l0.fwd.z"][5] == pytest.approx(float(at_marker), rel=1e-5)
 
