@@ -43,10 +43,16 @@ def workdir(tmp_path: Path) -> Path:
     return path
 
 
+# The read-only corpora: ``RNNBENCH_DATA_DIR``, else ``../shared/data`` beside the
+# repository (where CI clones it). Set for the whole session, so that every test and
+# every command line a test starts reads them the way a user would, through the variable.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+if not os.environ.get("RNNBENCH_DATA_DIR") and SHARED_DATA.is_dir():
+    os.environ["RNNBENCH_DATA_DIR"] = str(SHARED_DATA)
+
+
 def _data_dir() -> Path:
-    """The read-only corpora: ``RNNBENCH_DATA_DIR``, else ``../shared/data`` beside the repository."""
-    default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return Path(os.environ.get("RNNBENCH_DATA_DIR", default))
+    return Path(os.environ.get("RNNBENCH_DATA_DIR", SHARED_DATA))
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
