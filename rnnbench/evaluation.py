@@ -43,19 +43,21 @@ def length_generalisation(task_config: dict, task: Task, model: nn.Module, data_
 
 @torch.no_grad()
 def evaluate(task: Task, model: nn.Module, loader) -> dict[str, float]:
-    """The task's metrics over every batch of ``loader``, weighted by batch size, in eval mode."""
+    """The task's metrics over every batch of ``loader``, each weighted by ``task.metric_weight``
+    (as validation and test weigh them), in eval mode."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
     try:
-        for inputs, targets in loader:
-            n = len(inputs)
-            _, metrics = task.loss_and_metrics(model, (inputs.to(device), targets.to(device)))
+        for batch in loader:
+            batch = tuple(part.to(device) for part in batch)
+            weight = task.metric_weight(batch)
+            _, metrics = task.loss_and_metrics(model, batch)
             for name, value in metrics.items():
-                totals[name] = totals.get(name, 0.0) + float(value) * n
-            count += n
+                totals[name] = totals.get(name, 0.0) + float(value) * weight
+            count += weight
     finally:
         model.train(was_training)
     return {name: total / count for name, total in totals.items()}

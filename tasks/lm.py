@@ -283,9 +283,11 @@ class LMTask(Task):
         return {"dataset": self.dataset, "level": self.level, "vocab_size": len(self.vocab), "bptt": self.bptt,
                 "batch_size": self.batch_size, "train_tokens": self.corpus.train.numel(), **scored}
 
-    def from_loss(self, loss: float) -> float:
-        """The primary metric (``ppl`` or ``bpc``) of a mean loss in nats."""
-        return loss / math.log(2) if self.metric == "bpc" else math.exp(loss)
+    def from_loss(self, loss):
+        """The primary metric (``ppl`` or ``bpc``) of a mean loss in nats (a float or a tensor)."""
+        if self.metric == "bpc":
+            return loss / math.log(2)
+        return loss.exp() if isinstance(loss, Tensor) else math.exp(loss)
 
     def baseline(self) -> dict[str, float]:
         vocab_size = len(self.vocab)
@@ -310,7 +312,7 @@ class LMTask(Task):
         if model.training:
             # Per-window value for the training curve; validation/test compute it from
             # the per-token mean over the whole split (eval_epoch_end).
-            metrics[self.metric] = loss.detach() / math.log(2) if self.metric == "bpc" else loss.detach().exp()
+            metrics[self.metric] = self.from_loss(loss.detach())
             if self.variable_bptt:
                 loss = loss * inputs.shape[1] / self.bptt
         return loss, metrics
