@@ -45,8 +45,12 @@ class BenchModule(pl.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise DivergedError(self.global_step, float(loss.detach()) if bad else math.nan)
         self.tokens_seen += self.task.count_tokens(batch)
-        for name, value in metrics.items():
-            self.log(f"train/{name}", value, prog_bar=(name == "loss"), on_step=True, on_epoch=False)
+        # Only on the steps Lightning writes to the loggers (every trainer.log_every_n_steps):
+        # each self.log call costs ~1.4 ms of Lightning bookkeeping, measured as 30% of a
+        # small copy-task step on this CPU. Lightning's own callbacks use the same test.
+        if self.trainer._logger_connector.should_update_logs:
+            for name, value in metrics.items():
+                self.log(f"train/{name}", value, prog_bar=(name == "loss"), on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -51,7 +51,7 @@ def test_long_range_quick_covers_every_cell_and_fits_two_cores():
     cfg = _compose(["experiment=long_range_quick"])
     params = cfg.hydra.sweeper.params
     assert set(params.cell.split(",")) == {"gru", "bigru", "stacked_gru", "lstm", "rnn", "indrnn", "sru"}
-    assert set(params.task.split(",")) == {"adding", "copy"} and len(params.seed.split(",")) == 3
+    assert set(params.task.split(",")) == {"adding", "copy_small"} and len(params.seed.split(",")) == 3
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs * cfg.trainer.threads <= 2
     assert cfg.hydra.callbacks.report._target_ == "rnnbench.report.SweepReport"
