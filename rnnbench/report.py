@@ -16,7 +16,9 @@ Statistics
 ----------
 Runs are grouped by task, the ``--group-by`` keys and the sequence length T
 (``seq_len``); the runs of a group differ only in what was not grouped on,
-normally the seed. For each group:
+normally the seed. Tasks on real data (language modelling, translation) have no
+T and are grouped per dataset instead: the ``task`` column reads ``lm (ptb_word)``,
+``--task lm`` selects every dataset. For each group:
 
 - ``mean`` and ``ci95`` of the task's primary test metric over the runs that have
   one: ``ci95`` is the half-width of the 95% confidence interval of the mean from
@@ -32,7 +34,7 @@ normally the seed. For each group:
 
 **Memory horizon**: per task and group, the longest T at which a strict majority
 of the ended runs solved the task (``-`` if none did), with every T's
-solved/ended counts beside it.
+solved/ended counts beside it; only for tasks with a T and a solved criterion.
 
 Outputs in ``--out`` (default ``RESULTS_DIR/report``): ``results.{md,csv,tex}``,
 ``horizon.{md,csv,tex}``, ``problems.{md,csv}`` (runs that did not finish),
@@ -47,6 +49,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,12 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = None
     frame["cell_preset"] = frame["cell_preset"].fillna(frame["cell"])
+    # Tasks on real data are compared per dataset: "lm (ptb_word)", "translation (multi30k)".
+    # Synthetic tasks have no dataset and keep their name; task_name is always the registry name.
+    frame["task_name"] = frame["task"]
+    if "dataset" in frame.columns:
+        frame["task"] = [f"{task} ({data})" if isinstance(data, str) and data else task
+                         for task, data in zip(frame["task"], frame["dataset"])]
     if "config.task.seq_len" in frame.columns:  # a run refused before it started has no task_params
         frame[LENGTH] = frame[LENGTH].fillna(frame["config.task.seq_len"])
     frame["solved"] = frame["solved"].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v))
@@ -102,7 +111,7 @@ def select(frame: pd.DataFrame, tasks: Sequence[str] = (), cells: Sequence[str] 
     import yaml
 
     if tasks:
-        frame = frame[frame["task"].isin(tasks)]
+        frame = frame[frame["task"].isin(tasks) | frame["task_name"].isin(tasks)]
     if cells:
         frame = frame[frame["cell_preset"].isin(cells) | frame["cell"].isin(cells)]
     for condition in where:
@@ -167,8 +176,10 @@ def results_table(frame: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_B
 
 
 def horizon_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per task × group: the longest T solved by a strict majority of the ended runs."""
+    """Per task × group: the longest T solved by a strict majority of the ended runs.
+    Only tasks with a length T and a solved criterion (copy, adding) have a horizon."""
     keys = [k for k in results.columns[: results.columns.get_loc(LENGTH)] if k != "metric"]
+    results = results.dropna(subset=[LENGTH, "solved_threshold"])
     rows = []
     for values, group in results.groupby(keys, dropna=False, sort=True):
         group = group.sort_values(LENGTH)
@@ -178,7 +189,7 @@ def horizon_table(results: pd.DataFrame) -> pd.DataFrame:
         row["solved / ended by T"] = ", ".join(
             f"{_length(T)}: {s}/{e}" for T, s, e in zip(group[LENGTH], group["solved"], group["ended"]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*keys, "horizon", "solved / ended by T"])
 
 
 def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -275,7 +286,8 @@ def display_results(results: pd.DataFrame) -> pd.DataFrame:
     table["T"] = table["T"].map(_length)
     table["test (mean ± 95% CI)"] = results.apply(metric, axis=1)
     table["baseline"] = results["baseline"].map(lambda b: f"{b:.4g}" if math.isfinite(b) else "-")
-    table["solved"] = [f"{s}/{e}" for s, e in zip(results["solved"], results["ended"])]
+    table["solved"] = [f"{s}/{e}" if math.isfinite(threshold) else "-"  # "-": the task has no solved criterion
+                       for s, e, threshold in zip(results["solved"], results["ended"], results["solved_threshold"])]
     table["runs"] = results.apply(status, axis=1)
     table["params"] = results["params"].map(lambda p: f"{p:,.0f}" if math.isfinite(p) else "-")
     table["tokens/s"] = results["tokens_per_s"].map(lambda t: f"{t:,.0f}" if math.isfinite(t) else "-")
@@ -331,6 +343,7 @@ def _save(fig, out: Path, name: str) -> Path:
     """``plots/name.png`` and ``plots/name.svg``; returns the PNG path."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")  # "lm (ptb_word)" -> "lm_ptb_word"
     fig.tight_layout()
     fig.savefig(plots / f"{name}.png", dpi=110)
     fig.savefig(plots / f"{name}.svg")
@@ -410,8 +423,9 @@ def plot_metric_vs_throughput(results: pd.DataFrame, out: Path, title: str = "gr
         fig, ax = plt.subplots(figsize=(7, 4.5))
         rows[title] = rows["group"].astype(str)
         rows["T"] = rows[LENGTH]
+        sized = {"size": "T", "sizes": (30, 200)} if rows["T"].notna().any() else {"s": 80}  # LM, translation: no T
         sns.scatterplot(data=rows, x="tokens_per_s", y="mean", hue=title, hue_order=sorted(rows[title].unique()),
-                        size="T", sizes=(30, 200), ax=ax)
+                        ax=ax, **sized)
         ax.set_xscale("log")
         if _log_scale_fits(list(rows["mean"]), rows["metric_mode"].iloc[0]):
             ax.set_yscale("log")
@@ -618,8 +632,12 @@ class Report:
         """A few lines for the terminal: run counts, the memory horizon table, where the report is."""
         counts = self.runs["status"].value_counts()
         status = ", ".join(f"{n} {s}" for s, n in counts.items())
-        lines = [f"rnnbench-report: {len(self.runs)} runs ({status})", "", "Memory horizon (longest T solved by "
-                 "a majority of seeds):", markdown(display_horizon(self.horizon))]
+        lines = [f"rnnbench-report: {len(self.runs)} runs ({status})"]
+        if not self.horizon.empty:
+            lines += ["", "Memory horizon (longest T solved by a majority of seeds):", markdown(display_horizon(self.horizon))]
+        unswept = self.results[self.results[LENGTH].isna()]  # language modelling, translation: no T axis
+        if not unswept.empty:
+            lines += ["", "Results (test metric, mean ± 95% CI over seeds):", markdown(display_results(unswept))]
         if not self.problems.empty:
             lines += ["", f"{len(self.problems)} run(s) did not finish normally: see {self.out / 'problems.md'}"]
         lines += ["", f"report: {self.out / 'report.md'} ({len(self.plots)} plots)"]
@@ -685,11 +703,11 @@ def _report_markdown(report: Report, root: Path, group_by, tasks, cells, where) 
         "Test metric: mean over seeds ± the half-width of its 95% confidence interval (t distribution, "
         "n−1 degrees of freedom); solved: runs meeting the task's criterion / runs that ended (finished or "
         "diverged). Tables also as CSV and LaTeX beside this file.", "",
-        "## Memory horizon", "",
-        "Longest T solved by a strict majority of the runs (seeds) of each cell.", "",
-        markdown(display_horizon(report.horizon)), "",
-        "## Results", "", markdown(display_results(report.results)), "",
     ]
+    if not report.horizon.empty:
+        parts += ["## Memory horizon", "", "Longest T solved by a strict majority of the runs (seeds) of each cell.", "",
+                  markdown(display_horizon(report.horizon)), ""]
+    parts += ["## Results", "", markdown(display_results(report.results)), ""]
     parts += ["## Runs that did not finish", "",
               markdown(report.problems) if not report.problems.empty else "None: every run finished.", ""]
     if not report.lengths.empty:

@@ -96,6 +96,54 @@ def test_filters_and_group_by_config_keys(tmp_path):
         build_report(root, tmp_path / "out", tasks=["copy"], plots=False)
 
 
+def _text_record(root: Path, name: str, *, task: str, dataset: str, metric: str, value: float, seed=0,
+                 threshold=None, solved=False) -> None:
+    """A language-modelling or translation record: no seq_len, a dataset."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    records.write_json_atomic(run_dir / records.SUMMARY_FILE, {
+        "run_dir": str(run_dir), "cell": "gru", "cell_preset": "gru", "task": task,
+        "task_params": {"dataset": dataset}, "seed": seed, "status": "finished", "error": None, "solved": solved,
+        "metric": metric, "metrics": {"test": {metric: value}}, "baseline": {}, "params": 5000, "tokens_per_s": 900.0,
+        "solved_criterion": {"metric": metric, "mode": "min" if metric == "ppl" else "max", "threshold": threshold},
+        "config": {"cell": {"name": "gru"}, "task": {"dataset": dataset}},
+    })
+
+
+def test_language_modelling_and_translation_records_per_dataset(tmp_path, capsys):
+    """Real-data tasks are compared per dataset, have no memory horizon (no T), and show
+    "-" where the task has no solved criterion."""
+    root = tmp_path / "results"
+    ptb, wiki = [120.0, 130.0], [150.0, 170.0]
+    for seed, ppl in enumerate(ptb):
+        _text_record(root, f"ptb{seed}", task="lm", dataset="ptb_word", metric="ppl", value=ppl, seed=seed)
+    for seed, ppl in enumerate(wiki):
+        _text_record(root, f"wiki{seed}", task="lm", dataset="wikitext2", metric="ppl", value=ppl, seed=seed)
+    _text_record(root, "dates", task="translation", dataset="synthetic", metric="bleu", value=97.0, threshold=95.0,
+                 solved=True)
+    _record(root, "adding", T=10, mse=0.004, solved=True)
+
+    report = build_report(root, tmp_path / "out")
+    rows = {r.task: r for r in report.results.itertuples()}
+    assert set(rows) == {"lm (ptb_word)", "lm (wikitext2)", "translation (synthetic)", "adding"}
+    assert rows["lm (ptb_word)"].mean == pytest.approx(statistics.mean(ptb))
+    assert rows["lm (wikitext2)"].ci95 == pytest.approx(_ci(wiki), rel=1e-4)
+    assert list(report.horizon["task"]) == ["adding"]  # only tasks with a length have a horizon
+    table = (tmp_path / "out" / "results.md").read_text()
+    lm_line = next(line for line in table.splitlines() if "lm (ptb_word)" in line)
+    assert "| -        |" in lm_line  # no solved criterion: not "0/2"
+    assert "1/1" in next(line for line in table.splitlines() if "translation (synthetic)" in line)
+    plots = {p.name for p in (tmp_path / "out" / "plots").glob("*.png")}
+    assert {"metric_vs_T_adding.png", "metric_vs_throughput_lm_ptb_word.png",
+            "metric_vs_throughput_translation_synthetic.png"} <= plots
+    # --task accepts the registry name: every dataset of that task.
+    only_lm = build_report(root, tmp_path / "lm", tasks=["lm"], plots=False)
+    assert set(only_lm.results["task"]) == {"lm (ptb_word)", "lm (wikitext2)"}
+    print(only_lm.summary())
+    out = capsys.readouterr().out
+    assert "lm (wikitext2)" in out and "Memory horizon" not in out
+
+
 def test_mean_ci_edge_cases():
     assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5])[0] == 0.5
     assert mean_ci([float("nan"), 1.0, 3.0])[2] == 2
