@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import SUMMARY_FILE, read_record
+from .records import read_record, record_paths
 
 log = logging.getLogger(__name__)
 
 
 def load_records(root: str | Path) -> pd.DataFrame:
-    """One row per run record under ``root`` (searched recursively).
+    """One row per run record under ``root`` (searched recursively), and per record a
+    sweep job under ``root`` reused from an earlier run (see ``records.REUSED_FILE``).
 
     Unreadable records are skipped with a warning naming the file. Nested fields
     are flattened: ``task_params.seq_len`` -> ``seq_len``, the primary test and
@@ -28,7 +29,7 @@ def load_records(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     rows = []
-    for path in sorted(root.rglob(SUMMARY_FILE)):
+    for path in record_paths(root):
         try:
             record = read_record(path)
         except (OSError, ValueError) as exc:  # truncated, corrupt, or not a record

@@ -88,8 +88,12 @@ def hydra_app(cfg: DictConfig):
     log.info("%s on %s: status=%s %s=%s solved=%s steps=%s record=%s%s", record["cell"], record["task"],
              record["status"], metric, test.get(metric), record.get("solved"), record.get("steps"),
              used_dir / records.SUMMARY_FILE, " (skipped: already run)" if record.get("skipped") else "")
-    if used_dir.resolve() != run_dir.resolve() and not sweeping:
-        _remove_if_only_hydra_files(run_dir)  # skipped, or resumed in the earlier run's directory
+    if used_dir.resolve() != run_dir.resolve():  # skipped, or resumed in the earlier run's directory
+        if sweeping:  # the sweep's table and report follow this pointer: a restarted sweep reports every job
+            records.write_json_atomic(run_dir / records.REUSED_FILE,
+                                      {"run_dir": str(used_dir), "skipped": bool(record.get("skipped"))})
+        else:
+            _remove_if_only_hydra_files(run_dir)
     return test.get(metric)
 
 
@@ -100,7 +104,7 @@ class SweepTable(Callback):
         from .analysis import load_records, summary_table
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():  # jobs skipped or resumed elsewhere leave only Hydra's files behind
+        if sweep_dir.is_dir():  # a job folder with nothing but Hydra's files holds no result
             for job_dir in sweep_dir.iterdir():
                 if job_dir.is_dir() and not (job_dir / records.SUMMARY_FILE).exists():
                     _remove_if_only_hydra_files(job_dir)

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
+# Left in a sweep's job folder when the job reused an earlier run (skipped because it
+# had finished, or resumed in its own folder): {"run_dir": ...}. Tables and reports of
+# the sweep follow it, so a restarted sweep still reports every job.
+REUSED_FILE = "reused_run.json"
 RECORD_VERSION = 1
 
 # Config keys that change where or how verbosely a run is reported, not what it
@@ -69,6 +73,26 @@ def read_record(path: str | os.PathLike) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, found {type(record).__name__}")
     return record
+
+
+def record_paths(root: str | os.PathLike) -> list[Path]:
+    """Every ``summary.json`` under ``root``, and those that sweep jobs under ``root``
+    reused from elsewhere (``REUSED_FILE``), each once."""
+    root = Path(root)
+    paths = sorted(root.rglob(SUMMARY_FILE))
+    seen = {p.resolve() for p in paths}
+    for pointer in sorted(root.rglob(REUSED_FILE)):
+        try:
+            target = Path(read_record(pointer)["run_dir"]) / SUMMARY_FILE
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping unreadable %s: %s", pointer, exc)
+            continue
+        if target.is_file() and target.resolve() not in seen:
+            seen.add(target.resolve())
+            paths.append(target)
+        elif not target.is_file():
+            log.warning("%s points at %s, which no longer exists", pointer, target)
+    return paths
 
 
 def find_records(root: str | os.PathLike, config_hash: str) -> Iterator[tuple[Path, dict]]:

@@ -121,8 +121,15 @@ def test_sweep_records_failures_goes_on_and_a_rerun_skips_what_finished(workdir,
     statuses = sorted(r["status"] for r in summaries(workdir / "results"))
     assert statuses == ["failed", "failed", "finished"]
     assert "skipping: the same config" in second.stdout + second.stderr
-    job_dirs = [p for p in (workdir / "results" / "sweeps").glob("*/*/*") if p.is_dir()]
-    assert len(job_dirs) == 3  # no directory left for the skipped job
+    # The skipped job's folder in the second sweep points at the record it reused, so the
+    # second sweep's table (and report) still covers both jobs.
+    pointers = list((workdir / "results" / "sweeps").rglob(records.REUSED_FILE))
+    assert len(pointers) == 1
+    assert json.loads(pointers[0].read_text())["run_dir"] == by_status["finished"]["run_dir"]
+    second_sweep = pointers[0].parent.parent
+    assert sorted(load_records(second_sweep)["status"]) == ["failed", "finished"]
+    assert f"rnnbench: 2 runs in {second_sweep.relative_to(workdir)}" in second.stdout
+    assert len(load_records(workdir / "results")) == 3  # each record once for the whole root
 
     skipped = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null"]), workdir / "unused")
     assert skipped["skipped"] and skipped["run_dir"] == by_status["finished"]["run_dir"]
