@@ -179,7 +179,7 @@ def horizon_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per task × group: the longest T solved by a strict majority of the ended runs.
     Only tasks with a length T and a solved criterion (copy, adding) have a horizon."""
     keys = [k for k in results.columns[: results.columns.get_loc(LENGTH)] if k != "metric"]
-    results = results.dropna(subset=[LENGTH, "solved_threshold"])
+    results = results[results[LENGTH].notna() & _has_criterion(results)]
     rows = []
     for values, group in results.groupby(keys, dropna=False, sort=True):
         group = group.sort_values(LENGTH)
@@ -190,6 +190,12 @@ def horizon_table(results: pd.DataFrame) -> pd.DataFrame:
             f"{_length(T)}: {s}/{e}" for T, s, e in zip(group[LENGTH], group["solved"], group["ended"]))
         rows.append(row)
     return pd.DataFrame(rows, columns=[*keys, "horizon", "solved / ended by T"])
+
+
+def _has_criterion(results: pd.DataFrame) -> pd.Series:
+    """Rows of tasks with a solved criterion (a group whose runs all failed before
+    starting has none recorded, but its task does)."""
+    return results.groupby("task")["solved_threshold"].transform(lambda t: t.notna().any()).astype(bool)
 
 
 def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -286,8 +292,8 @@ def display_results(results: pd.DataFrame) -> pd.DataFrame:
     table["T"] = table["T"].map(_length)
     table["test (mean ± 95% CI)"] = results.apply(metric, axis=1)
     table["baseline"] = results["baseline"].map(lambda b: f"{b:.4g}" if math.isfinite(b) else "-")
-    table["solved"] = [f"{s}/{e}" if math.isfinite(threshold) else "-"  # "-": the task has no solved criterion
-                       for s, e, threshold in zip(results["solved"], results["ended"], results["solved_threshold"])]
+    table["solved"] = [f"{s}/{e}" if criterion else "-"  # "-": the task has no solved criterion
+                       for s, e, criterion in zip(results["solved"], results["ended"], _has_criterion(results))]
     table["runs"] = results.apply(status, axis=1)
     table["params"] = results["params"].map(lambda p: f"{p:,.0f}" if math.isfinite(p) else "-")
     table["tokens/s"] = results["tokens_per_s"].map(lambda t: f"{t:,.0f}" if math.isfinite(t) else "-")

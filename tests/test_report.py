@@ -8,6 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import TINY, run_cli, summaries
@@ -122,13 +123,21 @@ def test_language_modelling_and_translation_records_per_dataset(tmp_path, capsys
     _text_record(root, "dates", task="translation", dataset="synthetic", metric="bleu", value=97.0, threshold=95.0,
                  solved=True)
     _record(root, "adding", T=10, mse=0.004, solved=True)
+    # Refused before it started (as cli._record_config_error writes it): no criterion, no task_params.
+    (root / "refused").mkdir()
+    records.write_json_atomic(root / "refused" / records.SUMMARY_FILE, {
+        "cell": "sru", "task": "adding", "seed": 0, "status": "failed", "error": "ConfigError: bad",
+        "config": {"cell": {"name": "sru"}, "task": {"seq_len": 10}}})
 
     report = build_report(root, tmp_path / "out")
     rows = {r.task: r for r in report.results.itertuples()}
     assert set(rows) == {"lm (ptb_word)", "lm (wikitext2)", "translation (synthetic)", "adding"}
+    horizon = {r.cell_preset: r for r in report.horizon.itertuples()}
+    assert set(horizon) == {"gru", "sru"}  # the cell whose only run failed is shown, not dropped
+    assert pd.isna(horizon["sru"].horizon) and horizon["sru"][-1] == "10: 0/0"
     assert rows["lm (ptb_word)"].mean == pytest.approx(statistics.mean(ptb))
     assert rows["lm (wikitext2)"].ci95 == pytest.approx(_ci(wiki), rel=1e-4)
-    assert list(report.horizon["task"]) == ["adding"]  # only tasks with a length have a horizon
+    assert set(report.horizon["task"]) == {"adding"}  # only tasks with a length have a horizon
     table = (tmp_path / "out" / "results.md").read_text()
     lm_line = next(line for line in table.splitlines() if "lm (ptb_word)" in line)
     assert "| -        |" in lm_line  # no solved criterion: not "0/2"
