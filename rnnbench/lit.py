@@ -47,8 +47,10 @@ class BenchModule(pl.LightningModule):
         self.tokens_seen += self.task.count_tokens(batch)
         # Only on the steps Lightning writes to the loggers (every trainer.log_every_n_steps):
         # each self.log call costs ~1.4 ms of Lightning bookkeeping, measured as 30% of a
-        # small copy-task step on this CPU. Lightning's own callbacks use the same test.
-        if self.trainer._logger_connector.should_update_logs:
+        # small copy-task step on this CPU. Lightning's own callbacks use the same (private)
+        # test; without it (another Lightning version) every step is logged, as before.
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is None or getattr(connector, "should_update_logs", True):
             for name, value in metrics.items():
                 self.log(f"train/{name}", value, prog_bar=(name == "loss"), on_step=True, on_epoch=False)
         return loss
