@@ -85,7 +85,8 @@ def hydra_app(cfg: DictConfig):
     test = (record.get("metrics") or {}).get("test") or {}
     metric = record.get("metric")
     used_dir = Path(record["run_dir"])
-    log.info("%s on %s: status=%s %s=%s solved=%s steps=%s record=%s%s", record["cell"], record["task"],
+    log.info("%s on %s: status=%s %s=%s solved=%s steps=%s record=%s%s",
+             record.get("cell_preset") or record["cell"], record.get("task_preset") or record["task"],
              record["status"], metric, test.get(metric), record.get("solved"), record.get("steps"),
              used_dir / records.SUMMARY_FILE, " (skipped: already run)" if record.get("skipped") else "")
     if used_dir.resolve() != run_dir.resolve():  # skipped, or resumed in the earlier run's directory
