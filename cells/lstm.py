@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnbench.cell import Cell, scan
-from rnnbench.errors import check
+from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c)
@@ -65,7 +65,7 @@ class LSTM(Cell):
         super().__init__(input_size, hidden_size)
         check(isinstance(bias, bool), "cell.bias", bias, "true or false")
         check(
-            isinstance(forget_bias, (int, float)) and not isinstance(forget_bias, bool) and math.isfinite(forget_bias),
+            is_number(forget_bias) and math.isfinite(forget_bias),
             "cell.forget_bias", forget_bias, "a finite number (e.g. 1.0, Jozefowicz et al. 2015; 0.0 as torch.nn.LSTM)",
         )
         check(bias or forget_bias == 0, "cell.forget_bias", forget_bias,

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnbench.cell import Cell
-from rnnbench.errors import check
+from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
 
 HIGHWAY_BIAS_LIMIT = 30.0  # |b| beyond this saturates σ even in float64 (σ(-30) ≈ 1e-13)
@@ -200,7 +200,7 @@ class SRU(Cell):
         check(isinstance(rescale, bool), "cell.rescale", rescale, "true or false")
         check(isinstance(use_tanh, bool), "cell.use_tanh", use_tanh, "true or false")
         check(
-            isinstance(highway_bias, (int, float)) and not isinstance(highway_bias, bool)
+            is_number(highway_bias)
             and math.isfinite(highway_bias) and abs(highway_bias) <= HIGHWAY_BIAS_LIMIT,
             "cell.highway_bias", highway_bias,
             f"a number in [-{HIGHWAY_BIAS_LIMIT:g}, {HIGHWAY_BIAS_LIMIT:g}] (0.0 as the sru package; "

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .download import corpus_file
-from .errors import ConfigError, check
+from .errors import ConfigError, check, is_number
 
 EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")
@@ -319,6 +319,6 @@ def check_dataset_options(dataset, level, files, split) -> None:
     else:
         check(files is None, "task.files", files, "null unless task.dataset=text")
     check(isinstance(split, (list, tuple)) and len(split) == 3
-          and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in split)
+          and all(is_number(x) and x > 0 for x in split)
           and abs(sum(split) - 1.0) < 1e-6,
           "task.split", split, "three positive fractions (train, valid, test) summing to 1, e.g. [0.9, 0.05, 0.05]")

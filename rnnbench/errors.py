@@ -40,6 +40,11 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value) -> bool:
+    """An int or float that is not a bool (YAML ``true`` is no number of steps or rate)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check(condition: bool, key: str, value, expected: str) -> None:
     """Raise a ConfigError ``key=value: expected`` unless ``condition`` holds."""
     if not condition:

@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import load_records
-from .errors import ConfigError
+from .errors import ConfigError, is_number
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def select(frame: pd.DataFrame, tasks: Sequence[str] = (), cells: Sequence[str] 
 
 
 def _equal(value, wanted) -> bool:
-    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(value, (int, float)):
+    if is_number(wanted) and isinstance(value, (int, float)):
         return not isinstance(value, bool) and math.isclose(float(value), float(wanted), rel_tol=1e-9)
     return str(value) == str(wanted)
 

@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from .errors import ConfigError, is_int
+from .errors import ConfigError, is_int, is_number
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 # The strategies rnnbench launches itself (see rnnbench.distributed); Lightning's
@@ -135,7 +135,7 @@ def matches(value: Any, annotation: Any) -> bool:
     if annotation is int:
         return is_int(value)
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if annotation is str:
         return isinstance(value, str)
     if annotation is type(None):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cell import State, length_mask
-from .errors import check, is_int
+from .errors import check, is_int, is_number
 
 
 class CellStack(nn.Module):
@@ -49,7 +49,7 @@ class CellStack(nn.Module):
         )
         check(isinstance(bidirectional, bool), "cell.bidirectional", bidirectional, "true or false")
         check(
-            isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0,
+            is_number(dropout) and 0.0 <= dropout < 1.0,
             "cell.dropout", dropout, "a number in [0, 1)",
         )
         if dropout > 0 and num_layers == 1:

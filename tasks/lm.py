@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from rnnbench.cell import map_state
 from rnnbench.corpora import DATASETS, DEFAULT_SPLIT, Corpus, Vocabulary, check_dataset_options, load_corpus
-from rnnbench.errors import ConfigError, check, is_int
+from rnnbench.errors import ConfigError, check, is_int, is_number
 from rnnbench.registry import register_task
 from rnnbench.task import TRAIN_STREAM, StackFactory, Task, seeded_generator
 
@@ -196,10 +196,10 @@ class LMTask(Task):
               "an integer >= 1")
         check(is_int(embedding_size) and embedding_size >= 1, "task.embedding_size", embedding_size,
               "an integer >= 1")
-        check(isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1,
+        check(is_number(dropout) and 0 <= dropout < 1,
               "task.dropout", dropout, "a number in [0, 1)")
         check(isinstance(tie_weights, bool), "task.tie_weights", tie_weights, "true or false")
-        check(isinstance(init_range, (int, float)) and not isinstance(init_range, bool) and init_range > 0,
+        check(is_number(init_range) and init_range > 0,
               "task.init_range", init_range, "a number > 0 (0.1 as pytorch/examples and Zaremba et al.)")
         check(isinstance(init_cells, bool), "task.init_cells", init_cells, "true or false")
         check(is_int(sample_length) and sample_length >= 0, "task.sample_length", sample_length,
