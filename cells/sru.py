@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell
+from rnnbench.cell import Cell, scan
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
 
@@ -297,7 +297,7 @@ class SRU(Cell):
         """``(B, T, I) -> (B, T, H)`` and ``c`` after each sequence's last real step."""
         state, mask = self.prepare(x, state, lengths)
         if not self.use_fused or x.shape[1] == 0:
-            return self.loop_steps(x, state, lengths)
+            return scan(self.step, x, state, mask, self.output_size)
         x = x.transpose(0, 1)  # time-first inside, as torch.nn.LSTM(batch_first=True) on CPU
         # All T steps of every input projection at once, one GEMM per (H, I) block: each
         # (T, B, H) result is contiguous for the loops of SRURecurrence, and four of them

@@ -148,7 +148,7 @@ class Cell(nn.Module):
         names = gates_over_time[0].keys() if gates_over_time else ()
         gates = {name: torch.stack([g[name] for g in gates_over_time], dim=1) for name in names}
         if mask is not None:
-            gates = {name: g * mask.view(batch_size, seq_len, *([1] * (g.dim() - 2))).to(g.dtype)
+            gates = {name: torch.where(mask.view(batch_size, seq_len, *([1] * (g.dim() - 2))), g, 0.0)
                      for name, g in gates.items()}
         return y, state, gates
 

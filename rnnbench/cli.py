@@ -168,16 +168,18 @@ def config_search_path() -> list[str]:
     return [f"file://{p}" for p in paths]
 
 
-def _presets(group: str, search_path: list[str]) -> set[str]:
-    """Names of the YAML presets of a config group over the packaged configs and ``search_path``."""
+def preset_files(group: str, search_path: list[str]) -> dict[str, Path]:
+    """The YAML presets of a config group by name: the packaged configs first, then the
+    folders of ``search_path`` (see :func:`config_search_path`); the first of a name wins."""
     from importlib.resources import files
 
-    folders = [files("rnnbench.conf").joinpath(group)]
+    folders = [Path(str(files("rnnbench.conf").joinpath(group)))]
     folders += [Path(entry[len("file://"):]) / group for entry in search_path]
-    found = set()
+    found: dict[str, Path] = {}
     for folder in folders:
         if folder.is_dir():
-            found.update(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+            for path in sorted(folder.glob("*.yaml")):
+                found.setdefault(path.stem, path)
     return found
 
 
@@ -191,7 +193,7 @@ def check_group_choices(overrides: list[str], search_path: list[str]) -> None:
         group, sep, value = override.partition("=")
         if not sep or group not in ("cell", "task"):
             continue
-        presets = _presets(group, search_path)
+        presets = preset_files(group, search_path)
         for name in value.split(","):
             name = name.strip()
             if name in presets or not name or name.startswith(("choice(", "range(", "glob(")):

@@ -32,12 +32,9 @@ from .evaluation import length_generalisation
 from .lit import BenchModule, RandomState, RunTracker
 from .models import count_parameters
 from .registry import CELLS, TASKS, load_plugin_file
-from .stack import CellStack
+from .stack import STACK_KEYS, CellStack
 from .task import Task
 
-# Keys of a cell config that belong to the stack wrapper; every other key is an
-# option of the cell class itself.
-STACK_KEYS = ("name", "hidden_size", "num_layers", "bidirectional", "dropout")
 log = logging.getLogger(__name__)
 
 MAX_TIME = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")

@@ -83,10 +83,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from .registry import CELLS
-from .stack import CellStack
+from .stack import STACK_KEYS, CellStack
 
-# The keys of a preset that go to CellStack; every other key is an option of the cell.
-STACK_KEYS = ("name", "hidden_size", "num_layers", "bidirectional", "dropout")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # One row per measurement, in this order, in the CSV and the JSON.
@@ -112,21 +110,6 @@ COLUMNS = [
 
 
 # --- presets ----------------------------------------------------------------------------
-def preset_files() -> dict[str, Path]:
-    """Cell presets by name: the packaged ``conf/cell`` first, then the folders of
-    ``RNNBENCH_CONFIG_PATH`` and installed plugins (as the ``rnnbench`` command sees them)."""
-    from .cli import config_search_path
-
-    folders = [Path(str(files("rnnbench.conf").joinpath("cell")))]
-    folders += [Path(entry[len("file://"):]) / "cell" for entry in config_search_path()]
-    found: dict[str, Path] = {}
-    for folder in folders:
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.yaml")):
-                found.setdefault(path.stem, path)
-    return found
-
-
 def resolve_preset(path: Path, seq_len: int) -> dict:
     """The preset as a plain dict, interpolations resolved with ``task.seq_len = seq_len``."""
     config = OmegaConf.create({"cell": OmegaConf.load(path), "task": {"seq_len": seq_len}})
@@ -430,7 +413,10 @@ def cpu_name() -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     """Console script ``rnnbench-speed`` (returns None: the console wrapper exits with it)."""
     args = parse_args(argv)
-    presets = preset_files()
+    from .cli import config_search_path, preset_files
+
+    # Cell presets as the rnnbench command sees them (packaged, RNNBENCH_CONFIG_PATH, plugins).
+    presets = preset_files("cell", config_search_path())
     names = args.cells if args.cells is not None else sorted(presets)
     for name in names:
         if name not in presets:

@@ -24,6 +24,10 @@ from torch import Tensor, nn
 from .cell import State, length_mask
 from .errors import check, is_int, is_number
 
+# Keys of a cell config that belong to the stack wrapper; every other key is an
+# option of the cell class itself.
+STACK_KEYS = ("name", "hidden_size", "num_layers", "bidirectional", "dropout")
+
 
 class CellStack(nn.Module):
     """``num_layers`` layers of ``cell_cls``, optionally bidirectional, batch-first.
