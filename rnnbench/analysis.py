@@ -40,11 +40,11 @@ def load_records(root: str | Path) -> pd.DataFrame:
         row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
         row.update(record.get("task_params") or {})
         row["run_dir"] = record.get("run_dir", str(path.parent))
-        row["test"] = _number((metrics.get("test") or {}).get(metric))
-        row["val_best"] = _number((metrics.get("val_best") or {}).get(metric))
-        row["baseline"] = _number((record.get("baseline") or {}).get(metric))
+        row["test"] = as_float((metrics.get("test") or {}).get(metric))
+        row["val_best"] = as_float((metrics.get("val_best") or {}).get(metric))
+        row["baseline"] = as_float((record.get("baseline") or {}).get(metric))
         criterion = record.get("solved_criterion") or {}
-        row["metric_mode"], row["solved_threshold"] = criterion.get("mode"), _number(criterion.get("threshold"))
+        row["metric_mode"], row["solved_threshold"] = criterion.get("mode"), as_float(criterion.get("threshold"))
         row["length_generalisation"] = metrics.get("length_generalisation")
         row.update(_flatten(record.get("config") or {}, "config."))
         rows.append(row)
@@ -62,7 +62,8 @@ def _flatten(tree: dict, prefix: str) -> dict:
     return flat
 
 
-def _number(value) -> float:
+def as_float(value) -> float:
+    """``float(value)``, or NaN for None and anything that is no number."""
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -58,7 +58,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import load_records
+from .analysis import as_float, load_records
 from .errors import ConfigError, is_number
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def results_table(frame: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_B
         solved = ended[ended["solved"]]
         row = dict(zip(keys, values))
         row.update(
-            group=runs["group"].iloc[0] if "group" in runs.columns else " / ".join(str(v) for v in values[2:-1]),
+            group=runs["group"].iloc[0],
             runs=len(runs), finished=int((runs["status"] == "finished").sum()),
             diverged=int((runs["status"] == "diverged").sum()), failed=int((runs["status"] == "failed").sum()),
             other=int((~runs["status"].isin(("finished", "diverged", "failed"))).sum()),
@@ -206,9 +206,9 @@ def problems_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.assign(error=table["error"].map(lambda e: str(e).splitlines()[0][:160] if e else ""))
 
 
-def length_table(frame: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
-    """Per task × group × training T × evaluation T: metric mean and CI, solved rate."""
-    long = _length_rows(frame, group_by)
+def length_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Per task × group × training T × evaluation T (from :func:`length_rows`): metric mean
+    and CI, solved rate."""
     if long.empty:
         return long
     keys = ["task", "metric", "group", "train T", "eval T"]
@@ -220,10 +220,11 @@ def length_table(frame: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY
     return pd.DataFrame(rows)
 
 
-def _length_rows(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
-    """One row per run and evaluated length (the training length included, from the test)."""
+def length_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (with its ``group``) and evaluated length (the training length
+    included, from the test)."""
     rows = []
-    for _, run in frame.assign(group=group_labels(frame, group_by)).iterrows():
+    for _, run in frame.iterrows():
         per_length = run["length_generalisation"]
         if not isinstance(per_length, dict) or not per_length:
             continue
@@ -232,8 +233,8 @@ def _length_rows(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
         rows.append({**base, "eval T": run[LENGTH], "value": run["test"], "solved": bool(run["solved"]),
                      "baseline": run["baseline"]})
         for T, metrics in per_length.items():
-            rows.append({**base, "eval T": int(T), "value": _number(metrics.get(run["metric"])),
-                         "solved": bool(metrics.get("solved")), "baseline": _number(metrics.get("baseline"))})
+            rows.append({**base, "eval T": int(T), "value": as_float(metrics.get(run["metric"])),
+                         "solved": bool(metrics.get("solved")), "baseline": as_float(metrics.get("baseline"))})
     return pd.DataFrame(rows)
 
 
@@ -261,13 +262,6 @@ def _median(series: pd.Series) -> float:
 def _std(series: pd.Series) -> float:
     values = pd.to_numeric(series, errors="coerce").dropna()
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _length(T) -> str:
@@ -488,10 +482,10 @@ def plot_learning_curves(frame: pd.DataFrame, out: Path, title: str = "group") -
     return made
 
 
-def plot_length_generalisation(frame: pd.DataFrame, group_by: Sequence[str], out: Path, title: str = "group") -> list[tuple[str, Path]]:
-    """Per task: metric vs evaluation length, one line per group and training T (mean over seeds)."""
+def plot_length_generalisation(long: pd.DataFrame, out: Path, title: str = "group") -> list[tuple[str, Path]]:
+    """Per task: metric vs evaluation length (rows of :func:`length_rows`), one line per group
+    and training T (mean over seeds)."""
     plt, sns = _pyplot()
-    long = _length_rows(frame, group_by)
     made = []
     if long.empty:
         return made
@@ -561,7 +555,7 @@ def plot_diagnostics(frame: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
               ("offset", aligned, "mean gate", False, "gates aligned on the first marker")]
     made = []
     long = {name: pd.DataFrame(rows) for (_, rows, _, _, name) in panels}
-    tasks_lengths = sorted({(run["task"], run[LENGTH]) for run, _ in found}, key=lambda k: (k[0], _number(k[1])))
+    tasks_lengths = sorted({(run["task"], run[LENGTH]) for run, _ in found}, key=lambda k: (k[0], as_float(k[1])))
     for task, T in tasks_lengths:
         used = [p for p in panels if not long[p[4]].empty
                 and not _rows_for(long[p[4]], task, T).empty]
@@ -589,11 +583,14 @@ def _rows_for(rows: pd.DataFrame, task: str, T) -> pd.DataFrame:
 SPEED_COLUMNS = {"preset", "path", "seq_len", "ms_fwd_bwd", "tokens_per_s_fwd_bwd"}
 
 
-def load_speed(root: Path) -> pd.DataFrame:
-    """Rows of every ``rnnbench-speed`` CSV under ``root`` (recognised by its columns)."""
+def load_speed(root: Path, out: Optional[Path] = None) -> pd.DataFrame:
+    """Rows of every ``rnnbench-speed`` CSV under ``root`` (recognised by its columns),
+    except the ``speed.csv`` tables of reports: in ``out`` or in a ``report`` folder below ``root``."""
     parts = []
     for path in sorted(root.rglob("*.csv")):
-        if path.name == "metrics.csv" or "report" in path.parts:
+        in_report = "report" in path.relative_to(root).parts[:-1] or (
+            out is not None and path.resolve().is_relative_to(out.resolve()))
+        if path.name == "metrics.csv" or in_report:
             continue
         try:
             csv = pd.read_csv(path)
@@ -669,8 +666,9 @@ def build_report(root: str | Path, out: Optional[str | Path] = None, tasks: Sequ
     for stale in (out / "plots").glob("*.[ps][nv]g"):  # plots of an earlier report into the same folder
         stale.unlink()
     results = results_table(runs, group_by)
+    long = length_rows(runs)
     report = Report(out=out, runs=runs, results=results, horizon=horizon_table(results),
-                    problems=problems_table(runs), lengths=length_table(runs, group_by), speed=load_speed(root))
+                    problems=problems_table(runs), lengths=length_table(long), speed=load_speed(root, out))
     write_table(display_results(results), out, "results", numbers=results)
     write_table(display_horizon(report.horizon), out, "horizon", numbers=report.horizon)
     write_table(report.problems, out, "problems", latex=False)
@@ -684,7 +682,7 @@ def build_report(root: str | Path, out: Optional[str | Path] = None, tasks: Sequ
         report.plots += plot_learning_curves(runs, out, title)
         report.plots += plot_solved_heatmap(results, out, title)
         report.plots += plot_metric_vs_throughput(results, out, title)
-        report.plots += plot_length_generalisation(runs, group_by, out, title)
+        report.plots += plot_length_generalisation(long, out, title)
         report.plots += plot_diagnostics(runs, out)
         report.plots += plot_speed(report.speed, out)
     (out / "report.md").write_text(_report_markdown(report, root, group_by, tasks, cells, where), encoding="utf-8")
