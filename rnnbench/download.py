@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from .errors import ConfigError
+from .records import write_atomic
 
 DATA_DIR_VARIABLE = "RNNBENCH_DATA_DIR"
 CACHE_DIR_VARIABLE = "RNNBENCH_CACHE_DIR"
@@ -64,13 +63,8 @@ def corpus_file(
     sha256: Optional[str] = None,
     data_dir: Optional[str | os.PathLike] = None,
     cache_dir: Optional[str | os.PathLike] = None,
-    option: str = "task.data_dir",
 ) -> Path:
-    """The local path of ``relative_path``, downloading it into the cache if needed.
-
-    ``option`` is the config key named in error messages (the option that sets
-    ``data_dir``).
-    """
+    """The local path of ``relative_path``, downloading it into the cache if needed."""
     data_root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     looked_in = []
@@ -85,15 +79,13 @@ def corpus_file(
     looked_in.append(str(cached))
 
     where = " and ".join(looked_in)
-    hint = (f"Point rnnbench at a folder holding {relative_path} with {option}=/path/to/data "
+    hint = (f"Point rnnbench at a folder holding {relative_path} with task.data_dir=/path/to/data "
             f"or {DATA_DIR_VARIABLE}=/path/to/data")
     if url is None:
         raise DataError(f"corpus file {relative_path} not found (looked in {where}) and it has no download "
                         f"location. {hint}.")
     try:
         download(url, cached, sha256)
-    except DataError:
-        raise
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise DataError(f"corpus file {relative_path} not found (looked in {where}) and downloading it from "
                         f"{url} failed ({type(exc).__name__}: {exc}); are you offline? {hint}, or put the "
@@ -102,21 +94,21 @@ def corpus_file(
 
 
 def download(url: str, destination: str | os.PathLike, sha256: Optional[str] = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``destination`` atomically, verifying ``sha256`` if given."""
+    """Download ``url`` to ``destination`` atomically (:func:`records.write_atomic`),
+    verifying ``sha256`` if given: a mismatch leaves nothing behind."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        if sha256 is not None:
-            actual = sha256_of(temporary)
-            if actual != sha256:
-                raise DataError(f"the file downloaded from {url} has SHA-256 {actual}, expected {sha256}: "
-                                f"it was deleted, not used. The published file may have changed, or the "
-                                f"download was corrupted; try again or provide a verified copy.")
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+
+    def fetch(out) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise DataError(f"the file downloaded from {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
+                            f"it was deleted, not used. The published file may have changed, or the "
+                            f"download was corrupted; try again or provide a verified copy.")
+
+    write_atomic(destination, fetch)
     return destination

@@ -371,9 +371,10 @@ def generate_from_run(run_dir: str | Path, prompt: str = "", length: int = 200, 
                       seed: int = 0) -> str:
     """Sample from a finished ``lm`` run: rebuild its model from ``config.yaml`` and
     ``vocab.json`` (no corpus needed), load the weights of ``checkpoints/best.ckpt``
-    (else ``last.ckpt``) with ``torch.load(weights_only=True)``, and sample on the CPU."""
+    (else ``last.ckpt``) with :func:`rnnbench.checkpoints.read_checkpoint`, and sample on the CPU."""
     from omegaconf import OmegaConf
 
+    from rnnbench.checkpoints import read_checkpoint
     from rnnbench.records import CONFIG_FILE
     from rnnbench.run import build_experiment
 
@@ -396,6 +397,6 @@ def generate_from_run(run_dir: str | Path, prompt: str = "", length: int = 200, 
     if checkpoint is None:
         raise ConfigError(f"{run_dir} has no checkpoints/best.ckpt or last.ckpt (was it run with "
                           f"trainer.checkpoint=false?).")
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = read_checkpoint(checkpoint)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
     return sample(model, task.vocab, prompt, length, temperature, seeded_generator(seed))
