@@ -115,6 +115,10 @@ def _validate_optim(o: dict) -> None:
     check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optim.betas", betas,
           "two numbers in [0, 1), e.g. [0.9, 0.999]")
     check(o.get("warmup_steps", 0) >= 0, "optim.warmup_steps", o.get("warmup_steps"), "an integer >= 0")
+    # A warm-up is a per-step schedule; the plateau schedule changes the learning rate by
+    # itself after validations, and the two cannot drive one optimiser (see lit.build_optimizer).
+    check(o.get("schedule") != "plateau" or not o.get("warmup_steps"), "optim.warmup_steps", o.get("warmup_steps"),
+          "0 with optim.schedule=plateau (the plateau schedule has no warm-up)")
     check(o.get("step_size", 1) >= 1, "optim.step_size", o.get("step_size"), "an integer >= 1")
     check(o.get("gamma", 0.1) > 0, "optim.gamma", o.get("gamma"), "a number > 0")
     check(o.get("patience", 0) >= 0, "optim.patience", o.get("patience"), "an integer >= 0")

@@ -75,6 +75,8 @@ def assert_clean_error(code: int, err: str, args) -> str:
         (["trainer.num_nodes=2"], "trainer.num_nodes=2 needs a cluster launcher"),
         (["optim.betas=[0.9]"], "optim.betas=[0.9] is invalid: expected two numbers in [0, 1)"),
         (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 is invalid: expected an integer >= 0."),
+        (["optim.schedule=plateau", "optim.warmup_steps=10"],
+         "optim.warmup_steps=10 is invalid: expected 0 with optim.schedule=plateau"),
         (["+optim.nesterov=true"], "unknown optim key(s) nesterov"),
         (["+model.depth=3"], "unknown model key(s) depth"),
         (["+colour=blue"], "unknown top-level key(s) colour"),
