@@ -8,7 +8,6 @@ any data are generated or any step is taken, so bad input fails fast with a
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -51,18 +50,8 @@ class Experiment:
     stack: CellStack
 
 
-@functools.lru_cache(maxsize=None)
-def _packaged_top_level_keys() -> frozenset:
-    """Top-level keys of the packaged ``config.yaml``: keys added there (and validated by
-    their own code) are known without being listed in :class:`schema.RunConfig`."""
-    from importlib.resources import files
-
-    root = OmegaConf.load(files("rnnbench.conf").joinpath("config.yaml"))
-    return frozenset(str(k) for k in root if k not in ("defaults", "hydra"))
-
-
 def _validate_top_level(config: dict) -> None:
-    schema.check_dataclass(config, schema.RunConfig, "", also_known=_packaged_top_level_keys())
+    schema.check_dataclass(config, schema.RunConfig, "")
     for key in ("seed", "data_seed", "init_seed"):
         check(config[key] >= 0, key, config[key], "an integer >= 0")
     schema.check_dataclass(config.get("model") or {}, schema.ModelConfig, "model")

@@ -157,11 +157,8 @@ def check_type(key: str, value: Any, annotation: Any) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: expected {describe(annotation)}.")
 
 
-def check_dataclass(values: dict, schema: type, prefix: str, also_known: frozenset = frozenset()) -> None:
-    """Missing keys, unknown keys and wrong types of one config group described by a dataclass.
-
-    ``also_known``: keys accepted without a type check (owned by someone else).
-    """
+def check_dataclass(values: dict, schema: type, prefix: str) -> None:
+    """Missing keys, unknown keys and wrong types of one config group described by a dataclass."""
     hints = typing.get_type_hints(schema)
     required = [f.name for f in dataclasses.fields(schema)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -170,7 +167,7 @@ def check_dataclass(values: dict, schema: type, prefix: str, also_known: frozens
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"missing config key(s) {', '.join(where + k for k in missing)}; "
                           f"set them (e.g. {where}{missing[0]}=...) or restore them in your YAML.")
-    unknown = sorted(set(values) - set(hints) - also_known)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
         where = f"{prefix} key" if prefix else "top-level key"
         raise ConfigError(f"unknown {where}(s) {', '.join(unknown)}; known keys: {', '.join(sorted(hints))}. "
