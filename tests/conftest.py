@@ -44,26 +44,32 @@ def workdir(tmp_path: Path) -> Path:
 
 
 # The read-only corpora: ``RNNBENCH_DATA_DIR``, else ``../shared/data`` beside the
-# repository (where CI clones it). Set for the whole session, so that every test and
-# every command line a test starts reads them the way a user would, through the variable.
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-if not os.environ.get("RNNBENCH_DATA_DIR") and SHARED_DATA.is_dir():
-    os.environ["RNNBENCH_DATA_DIR"] = str(SHARED_DATA)
+# repository (where CI clones it), or beside its parent folder (a git worktree one level
+# deeper). Set for the whole session, so that every test and every command line a test
+# starts reads them the way a user would, through the variable.
+_REPO = Path(__file__).resolve().parent.parent
+if not os.environ.get("RNNBENCH_DATA_DIR"):
+    for _candidate in (_REPO.parent / "shared" / "data", _REPO.parents[1] / "shared" / "data"):
+        if _candidate.is_dir():
+            os.environ["RNNBENCH_DATA_DIR"] = str(_candidate)
+            break
 
 
-def _data_dir() -> Path:
-    return Path(os.environ.get("RNNBENCH_DATA_DIR", SHARED_DATA))
+def shared_data(required: str) -> Path | None:
+    """The corpora folder, if it holds ``required`` (a file or folder path inside it)."""
+    value = os.environ.get("RNNBENCH_DATA_DIR")
+    return Path(value) if value and (Path(value) / required).exists() else None
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+def _snapshot(root: Path | None) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*")} if root.is_dir() else {}
+            for p in root.rglob("*")} if root is not None and root.is_dir() else {}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir_is_never_written():
     """No test may create, change or delete anything under the data directory."""
-    root = _data_dir()
+    root = Path(os.environ["RNNBENCH_DATA_DIR"]) if os.environ.get("RNNBENCH_DATA_DIR") else None
     before = _snapshot(root)
     yield
     assert _snapshot(root) == before, f"a test wrote under the data directory {root}"

@@ -5,7 +5,6 @@ model, the step schedule, and end-to-end runs and generation through the CLI."""
 import inspect
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -27,20 +26,12 @@ from rnnbench.stack import CellStack
 from rnnbench.tasks.lm import LMTask, Windows, batchify, fixed_windows, generate_from_run, variable_windows
 from rnnbench.task import seeded_generator
 
-from conftest import run_cli, summaries
+from conftest import run_cli, shared_data, summaries
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_data() -> Path | None:
-    """RNNBENCH_DATA_DIR, else ../shared/data beside the repository (or beside its
-    parent folder, for a git worktree one level deeper)."""
-    candidates = [os.environ.get("RNNBENCH_DATA_DIR", ""), REPO.parent / "shared" / "data",
-                  REPO.parents[1] / "shared" / "data"]
-    return next((Path(c) for c in candidates if c and (Path(c) / "ptb").is_dir()), None)
-
-
-DATA = _shared_data()
+DATA = shared_data("ptb")
 needs_data = pytest.mark.skipif(DATA is None, reason="shared corpora not found (set RNNBENCH_DATA_DIR or put "
                                                      "them in ../shared/data)")
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import run_cli, summaries
+from conftest import run_cli, shared_data, summaries
 from rnnbench import parallel_data as pd
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS, get_task
@@ -27,12 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    """The shared corpora: $RNNBENCH_DATA_DIR, else ../shared/data beside the repo (or /work/shared/data)."""
-    candidates = [os.environ.get("RNNBENCH_DATA_DIR"), REPO.parent / "shared" / "data",
-                  REPO.parents[1] / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "multi30k" / "raw" / "val.de.gz").is_file():
-            return Path(candidate)
+    """The shared corpora (conftest: $RNNBENCH_DATA_DIR, else ../shared/data)."""
+    found = shared_data("multi30k/raw/val.de.gz")
+    if found is not None:
+        return found
     pytest.skip("shared corpora not found (set RNNBENCH_DATA_DIR to the folder holding multi30k/ and tatoeba_eng_fra_5k/)")
 
 
