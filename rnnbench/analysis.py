@@ -5,15 +5,12 @@ per-run table printed at the end of a sweep.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from .records import read_record, record_paths
-
-log = logging.getLogger(__name__)
+from .records import read_records, record_paths
 
 
 def load_records(root: str | Path) -> pd.DataFrame:
@@ -29,12 +26,7 @@ def load_records(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     rows = []
-    for path in record_paths(root):
-        try:
-            record = read_record(path)
-        except (OSError, ValueError) as exc:  # truncated, corrupt, or not a record
-            log.warning("skipping unreadable run record %s: %s", path, exc)
-            continue
+    for path, record in read_records(record_paths(root)):
         metric = record.get("metric")
         metrics = record.get("metrics") or {}
         row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}

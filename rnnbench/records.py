@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,19 @@ def record_paths(root: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def find_records(root: str | os.PathLike, config_hash: str) -> Iterator[tuple[Path, dict]]:
-    """``(path, record)`` of every readable run record under ``root`` with this config hash;
-    unreadable records are skipped with a warning naming the file."""
-    for path in sorted(Path(root).rglob(SUMMARY_FILE)):
+def read_records(paths: Iterable[Path]) -> Iterator[tuple[Path, dict]]:
+    """``(path, record)`` of each readable record of ``paths``; unreadable ones (truncated,
+    corrupt, not a record) are skipped with a warning naming the file."""
+    for path in paths:
         try:
-            record = read_record(path)
+            yield path, read_record(path)
         except (OSError, ValueError) as exc:
             log.warning("skipping unreadable run record %s: %s", path, exc)
-            continue
+
+
+def find_records(root: str | os.PathLike, config_hash: str) -> Iterator[tuple[Path, dict]]:
+    """``(path, record)`` of every readable run record under ``root`` with this config hash."""
+    for path, record in read_records(sorted(Path(root).rglob(SUMMARY_FILE))):
         if record.get("config_hash") == config_hash:
             yield path, record
 
