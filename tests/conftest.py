@@ -31,6 +31,17 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
                           text=True, timeout=timeout)
 
 
+def compose_config(overrides: list[str], *, resolved: bool = True, hydra: bool = False):
+    """The config the ``rnnbench`` command composes for ``overrides``: a resolved plain
+    dict, or (``resolved=False``) the DictConfig, with Hydra's own node if ``hydra``."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("rnnbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    return OmegaConf.to_container(cfg, resolve=True) if resolved else cfg
+
+
 def summaries(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
 

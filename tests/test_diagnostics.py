@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import compose_config
 from rnnbench import diagnostics
 from rnnbench.errors import ConfigError
 from rnnbench.evaluation import evaluate, length_generalisation
@@ -15,13 +16,8 @@ from rnnbench.tasks.adding import AddingTask
 
 
 def _config(cell: str = "gru", task: str = "adding", **task_options) -> dict:
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    overrides = [f"cell={cell}", f"task={task}", "cell.hidden_size=8", "task.seq_len=12", "task.test_size=40",
-                 *(f"task.{k}={v}" for k, v in task_options.items())]
-    with initialize_config_module("rnnbench.conf", version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    return compose_config([f"cell={cell}", f"task={task}", "cell.hidden_size=8", "task.seq_len=12",
+                           "task.test_size=40", *(f"task.{k}={v}" for k, v in task_options.items())])
 
 
 def _trained(config: dict, steps: int = 30):

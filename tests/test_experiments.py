@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from rnnbench.run import build_experiment
 
 EXPERIMENTS = sorted(p.name[:-5] for p in files("rnnbench.conf").joinpath("experiment").iterdir()
@@ -20,8 +20,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_module("rnnbench.conf", version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
+    return compose_config(overrides, resolved=False, hydra=True)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -10,9 +10,8 @@ import pickle
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from conftest import TINY, run_cli, summaries
+from conftest import TINY, compose_config, run_cli, summaries
 from rnnbench import records
 from rnnbench.analysis import load_records
 from rnnbench.checkpoints import AtomicCheckpointIO, read_checkpoint
@@ -71,8 +70,7 @@ def run_dirs(root):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_result_of_an_uninterrupted_run(workdir, faulty):
     args = [*faulty, "trainer.max_steps=30", "cell=stacked_gru", "cell.num_layers=2"]  # dropout 0.1: RNG matters
-    with initialize_config_module("rnnbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*args, f"results_dir={workdir / 'reference'}"])
+    cfg = compose_config([*args, f"results_dir={workdir / 'reference'}"], resolved=False)
     reference = run_job(cfg, workdir / "reference" / "run")
     assert reference["status"] == "finished" and reference["steps"] == 30
 
@@ -141,13 +139,11 @@ def test_sweep_records_failures_goes_on_and_a_rerun_skips_what_finished(workdir,
 
 def faulty_config(workdir, overrides):
     """The config the CLI composes for ``overrides`` when launched from ``workdir``."""
-    with initialize_config_module("rnnbench.conf", version_base="1.3"):
-        return compose("config", overrides=[*overrides, f"results_dir={workdir / 'results'}"])
+    return compose_config([*overrides, f"results_dir={workdir / 'results'}"], resolved=False)
 
 
 def tiny_config(root, *overrides):
-    with initialize_config_module("rnnbench.conf", version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"results_dir={root}", *overrides])
+    return compose_config([*TINY, f"results_dir={root}", *overrides], resolved=False)
 
 
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):

@@ -8,9 +8,8 @@ recurrence (``forward``, ``use_fused=True``), the Python loop through autograd
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
+from conftest import compose_config
 from rnnbench.cells.indrnn import IndRNN, _IndRNNRecurrence
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS
@@ -178,12 +177,6 @@ def test_bad_options_name_the_key(option, value):
 def test_last_layer_long_needs_max_len():
     with pytest.raises(ConfigError, match=r"cell\.recurrent_init=.*cell\.max_len"):
         IndRNN(I, H, recurrent_init="last_layer_long")
-
-
-def compose_config(overrides):
-    with initialize_config_module(config_module="rnnbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_max_len_follows_the_task():

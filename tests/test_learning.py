@@ -13,9 +13,8 @@ from importlib.resources import files
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
+from conftest import compose_config
 from rnnbench.run import build_experiment
 
 PRESETS = sorted(p.name[:-5] for p in files("rnnbench.conf").joinpath("cell").iterdir() if p.name.endswith(".yaml"))
@@ -39,8 +38,7 @@ THRESHOLD = 1 / 24
 def test_learns_the_adding_problem(preset):
     overrides = [f"cell={preset}", "cell.hidden_size=64", "task=adding", "task.seq_len=20", "seed=0",
                  *OVERRIDES.get(preset, [])]
-    with initialize_config_module(config_module="rnnbench.conf", version_base="1.3"):
-        config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    config = compose_config(overrides)
     exp = build_experiment(config)
     model, task = exp.model, exp.task
     steps, lr = BUDGET_FOR.get(preset, BUDGET)

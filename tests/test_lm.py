@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -20,13 +19,13 @@ from rnnbench.download import DataError, sha256_of
 from rnnbench.errors import ConfigError
 from rnnbench.lit import build_optimizer
 from rnnbench.registry import CELLS, get_task
-from rnnbench.run import STACK_KEYS, _validate_optim, _validate_trainer
+from rnnbench.run import _validate_optim, _validate_trainer
 from rnnbench.schema import check_signature
-from rnnbench.stack import CellStack
+from rnnbench.stack import STACK_KEYS, CellStack
 from rnnbench.tasks.lm import LMTask, Windows, batchify, fixed_windows, generate_from_run, variable_windows
 from rnnbench.task import seeded_generator
 
-from conftest import run_cli, shared_data, summaries
+from conftest import compose_config, run_cli, shared_data, summaries
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -389,9 +388,7 @@ def test_lm_presets_compose_validate_and_count_epochs_right(preset, train_tokens
     """Each preset is a valid config (cell=gru too), and its epoch arithmetic (steps per
     epoch in step_size / val_check_interval) matches the corpus."""
     for cell in ("lstm", "gru"):
-        with initialize_config_module(config_module="rnnbench.conf", version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment={preset}", f"cell={cell}"])
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = compose_config([f"experiment={preset}", f"cell={cell}"])
         _validate_trainer(config["trainer"])
         _validate_optim(config["optim"])
         cell_options = {k: v for k, v in config["cell"].items() if k not in STACK_KEYS}

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
+from conftest import compose_config
 from rnnbench.errors import ConfigError
 from rnnbench.models import count_parameters
 from rnnbench.registry import CELLS
@@ -71,9 +70,7 @@ def test_stack_gates_are_keyed_by_layer_and_direction_in_input_time_order():
 
 
 def _experiment(*overrides: str):
-    with initialize_config_module(config_module="rnnbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return build_experiment(OmegaConf.to_container(cfg, resolve=True))
+    return build_experiment(compose_config(overrides))
 
 
 @pytest.mark.parametrize("preset", ["gru", "lstm", "rnn", "bigru", "stacked_gru"])
