@@ -42,6 +42,15 @@ def compose_config(overrides: list[str], *, resolved: bool = True, hydra: bool =
     return OmegaConf.to_container(cfg, resolve=True) if resolved else cfg
 
 
+def run_path(cell, path: str, x, state, lengths=None):
+    """A cell's forward over ``x`` by one of its paths: "steps" (the reference loop of
+    ``step``), "fused" or "loop" (``forward`` with ``use_fused`` on or off)."""
+    if path == "steps":
+        return cell.loop_steps(x, state, lengths)
+    cell.use_fused = path == "fused"
+    return cell(x, state, lengths)
+
+
 def summaries(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
 

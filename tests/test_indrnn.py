@@ -9,7 +9,7 @@ recurrence (``forward``, ``use_fused=True``), the Python loop through autograd
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import compose_config, run_path
 from rnnbench.cells.indrnn import IndRNN, _IndRNNRecurrence
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS
@@ -29,13 +29,6 @@ def oracle(x, h0, W, u, b, act, lengths=None):
         h = torch.where(real, new, h)
         ys.append(torch.where(real, new, torch.zeros_like(new)))
     return torch.stack(ys, dim=1), h
-
-
-def run_path(cell, path, x, h0, lengths):
-    if path == "steps":
-        return cell.loop_steps(x, h0, lengths)
-    cell.use_fused = path == "fused"
-    return cell(x, h0, lengths)
 
 
 def make_cell(**options):

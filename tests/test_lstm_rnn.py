@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from conftest import run_path
 from rnnbench.errors import ConfigError
 from rnnbench.registry import get_cell
 from rnnbench.cells.lstm import LSTM
@@ -41,13 +42,6 @@ def make_pair(case: str, bias: bool = True, seed: int = 0):
     # Same names as torch's layer 0, without the "_l0" suffix: load_state_dict checks names and shapes.
     cell.load_state_dict({k.removesuffix("_l0"): v for k, v in ref.state_dict().items()})
     return cell, ref
-
-
-def run_path(cell, path: str, x, state, lengths=None):
-    if path == "steps":
-        return cell.loop_steps(x, state, lengths)
-    cell.use_fused = path == "fused"
-    return cell(x, state, lengths)
 
 
 def leaves(state):
