@@ -631,11 +631,14 @@ class Report:
     speed: pd.DataFrame
     plots: list[tuple[str, Path]] = field(default_factory=list)
 
+    @property
+    def status_counts(self) -> str:
+        """``126 finished, 2 failed``: the runs by status, most common first."""
+        return ", ".join(f"{n} {s}" for s, n in self.runs["status"].value_counts().items())
+
     def summary(self) -> str:
         """A few lines for the terminal: run counts, the memory horizon table, where the report is."""
-        counts = self.runs["status"].value_counts()
-        status = ", ".join(f"{n} {s}" for s, n in counts.items())
-        lines = [f"rnnbench-report: {len(self.runs)} runs ({status})"]
+        lines = [f"rnnbench-report: {len(self.runs)} runs ({self.status_counts})"]
         if not self.horizon.empty:
             lines += ["", "Memory horizon (longest T solved by a majority of seeds):", markdown(display_horizon(self.horizon))]
         unswept = self.results[self.results[LENGTH].isna()]  # language modelling, translation: no T axis
@@ -698,10 +701,9 @@ def _speed_display(speed: pd.DataFrame) -> pd.DataFrame:
 def _report_markdown(report: Report, root: Path, group_by, tasks, cells, where) -> str:
     filters = [f"task ∈ {{{', '.join(tasks)}}}" if tasks else "", f"cell ∈ {{{', '.join(cells)}}}" if cells else "",
                *where]
-    counts = ", ".join(f"{n} {s}" for s, n in report.runs["status"].value_counts().items())
     parts = [
         "# rnnbench report", "",
-        f"{len(report.runs)} runs ({counts}) from `{root}`"
+        f"{len(report.runs)} runs ({report.status_counts}) from `{root}`"
         + (f", filtered by {'; '.join(f for f in filters if f)}" if any(filters) else "")
         + f"; compared by {', '.join(group_by)}.", "",
         "Test metric: mean over seeds ± the half-width of its 95% confidence interval (t distribution, "

@@ -472,7 +472,7 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: dict[str, Any], resu
     if trainer.is_global_zero:
         record.update(task.write_artifacts(module.model, run_dir, data_seed))
     # With the weights just tested: other lengths and diagnostics, when asked for.
-    if getattr(task, "eval_lengths", ()) and trainer.is_global_zero:  # only rank 0 writes the record
+    if task.eval_lengths and trainer.is_global_zero:  # only rank 0 writes the record
         record["metrics"]["length_generalisation"] = length_generalisation(cfg["task"], task, exp.model, data_seed)
     if cfg.get("diagnostics") and trainer.is_global_zero:
         record["diagnostics"] = diagnostics.write(run_dir, task, exp.model, data_seed)

@@ -46,6 +46,7 @@ class Task:
     metric: ClassVar[str] = "loss"
     metric_mode: ClassVar[str] = "min"
     name: ClassVar[str] = ""  # set by @register_task
+    eval_lengths: tuple[int, ...] = ()  # further lengths to test at (SyntheticTask); none by default
 
     def __init__(self, *, batch_size: int = 64, solved_threshold: Optional[float] = None):
         check(is_int(batch_size) and batch_size >= 1, "task.batch_size", batch_size, "an integer >= 1")
