@@ -110,9 +110,9 @@ def collect(task: Task, model: nn.Module, batch) -> dict[str, Any]:
         if name.endswith(".a"):
             result["gates"][name + ".abs_gt_2"] = _per_step_mean((g.abs() > 2).float()).tolist()
             result["gates"][name + ".nonpositive"] = _per_step_mean((g <= 0).float()).tolist()
-    if hasattr(task, "marker_positions"):
-        first = task.marker_positions(batch[0])[:, 0]
-        result["aligned_first_marker"] = _aligned(gates, first)
+    events = task.event_positions(batch)
+    if events is not None:
+        result["aligned_first_marker"] = _aligned(gates, events)
     return result
 
 

@@ -224,7 +224,7 @@ def _base_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict)
         # The YAML presets chosen (e.g. cell=bigru is cell "gru" with bidirectional=true).
         "cell_preset": presets.get("cell", cfg["cell"]["name"]),
         "task_preset": presets.get("task", cfg["task"]["name"]),
-        "task_params": task.params(),
+        "task_params": task.key_parameters(),
         "hidden_size": cfg["cell"]["hidden_size"],
         "num_layers": cfg["cell"]["num_layers"],
         "bidirectional": cfg["cell"]["bidirectional"],

@@ -58,8 +58,20 @@ class Task:
         self.solved_threshold = solved_threshold
 
     # --- what the run record says about the task -------------------------------
-    def params(self) -> dict:
-        """Key task parameters for the run record (e.g. ``{"seq_len": 100}``)."""
+    def key_parameters(self) -> dict:
+        """Key task parameters for the run record (e.g. ``{"seq_len": 100}``); the length a
+        memory-horizon search varies is ``seq_len`` by convention."""
+        return {}
+
+    @property
+    def sequence_length(self) -> Optional[int]:
+        """Time steps the model reads per sequence (the copy task: ``T + 2K``), for cells whose
+        options depend on it (e.g. IndRNN's bound ``|u| <= 2^(1/T)``); None when it varies."""
+        return None
+
+    def parameter_groups(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Named parts of ``model`` whose parameters the run record counts separately
+        (e.g. a translation model's encoder, decoder and attention). Default: none."""
         return {}
 
     def baseline(self) -> dict[str, float]:
@@ -90,6 +102,18 @@ class Task:
         number of sequences by default; a language model weighs by target tokens, so
         that its epoch loss is the mean over every token of the stream."""
         return len(batch[0])
+
+    # --- diagnostics -------------------------------------------------------------------
+    def diagnostic_batch(self, data_seed: int, size: int):
+        """One fixed batch for the gradient and gate diagnostics: the first test batch, each
+        tensor cut to its first ``size`` sequences (dim 0); other parts are kept as they are."""
+        batch = next(iter(self.test_dataloader(data_seed)))
+        return tuple(part[:size] if isinstance(part, Tensor) and part.dim() > 0 else part for part in batch)
+
+    def event_positions(self, batch) -> Optional[Tensor]:
+        """``(B,)`` positions of an event to align the gate diagnostics on (e.g. the adding
+        problem's first marker); None when the task has none."""
+        return None
 
     # --- corpus-level evaluation --------------------------------------------------
     def eval_epoch_start(self, stage: str) -> None:

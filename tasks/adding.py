@@ -72,7 +72,7 @@ class AddingTask(SyntheticTask):
         self.placement = placement
 
     # --- reference points -----------------------------------------------------------
-    def params(self) -> dict:
+    def key_parameters(self) -> dict:
         return {"seq_len": self.seq_len, "placement": self.placement}
 
     def baseline(self) -> dict[str, float]:
@@ -101,9 +101,16 @@ class AddingTask(SyntheticTask):
 
     @staticmethod
     def marker_positions(inputs: Tensor) -> Tensor:
-        """The two marked positions ``(B, 2)`` of a batch of inputs, in time order
-        (used by diagnostics to align gate statistics on the markers)."""
+        """The two marked positions ``(B, 2)`` of a batch of inputs, in time order."""
         return inputs[..., 1].nonzero()[:, 1].view(-1, 2)
+
+    def event_positions(self, batch) -> Tensor:
+        """The first marker of each sequence: the diagnostics align the gates on it."""
+        return self.marker_positions(batch[0])[:, 0]
+
+    @property
+    def sequence_length(self) -> int:
+        return self.seq_len
 
     # --- model, loss, metrics ------------------------------------------------------------
     def build_model(self, make_stack) -> SequenceModel:

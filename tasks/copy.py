@@ -79,8 +79,12 @@ class CopyTask(SyntheticTask):
         self.total_len = seq_len + 2 * copy_len  # L = T + 2K
 
     # --- reference points -----------------------------------------------------------
-    def params(self) -> dict:
+    def key_parameters(self) -> dict:
         return {"seq_len": self.seq_len, "copy_len": self.copy_len, "n_symbols": self.n_symbols}
+
+    @property
+    def sequence_length(self) -> int:
+        return self.total_len  # T + 2K steps: K symbols, the gap, the delimiter, K outputs
 
     def baseline(self) -> dict[str, float]:
         T, K, N = self.seq_len, self.copy_len, self.n_symbols

@@ -277,7 +277,7 @@ class LMTask(Task):
         return self._eval_loader("test")
 
     # --- record -------------------------------------------------------------------------
-    def params(self) -> dict:
+    def key_parameters(self) -> dict:
         scored = {f"{split}_targets": self.eval_batch_size * (self._rows(split, self.eval_batch_size).shape[1] - 1)
                   for split in ("valid", "test")}
         return {"dataset": self.dataset, "level": self.level, "vocab_size": len(self.vocab), "bptt": self.bptt,

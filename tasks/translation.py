@@ -167,7 +167,7 @@ class TranslationTask(Task):
         self._signatures: dict[str, str] = {}
 
     # --- what the run record says --------------------------------------------------------
-    def params(self) -> dict:
+    def key_parameters(self) -> dict:
         data = {"synthetic": "dates in words -> ISO", "multi30k": f"{self.source_lang}->{self.target_lang}",
                 "tsv": str(self.path)}[self.dataset]
         return {"dataset": self.dataset, "data": data, "attention": self.attention,

@@ -296,7 +296,7 @@ def test_uniform_model_scores_the_vocabulary_size(text_file, level):
             loss, _ = task.loss_and_metrics(model, batch)
         total += float(loss) * task.metric_weight(batch)
         weight += task.metric_weight(batch)
-    assert weight == task.params()["valid_targets"]
+    assert weight == task.key_parameters()["valid_targets"]
     result = task.eval_epoch_end("val", {"loss": total / weight})
     V = len(task.vocab)
     expected = {"ppl": V} if level == "word" else {"bpc": math.log2(V)}

@@ -126,7 +126,7 @@ def test_adding_model_trains_end_to_end():
     loss.backward()
     assert set(metrics) == {"loss", "mse"} and all(m.dim() == 0 for m in metrics.values())
     assert task.metric in metrics and task.metric_mode == "min"
-    assert task.params() == {"seq_len": 12, "placement": "halves"}
+    assert task.key_parameters() == {"seq_len": 12, "placement": "halves"}
     assert task.count_tokens(batch) == 16 * 12
 
 
@@ -158,7 +158,7 @@ def test_copy_baseline_formula():
     task = CopyTask(seq_len=100)
     assert task.baseline()["loss"] == pytest.approx(10 * math.log(8) / 120)
     assert task.baseline()["recall_acc"] == pytest.approx(1 / 8)
-    assert task.params() == {"seq_len": 100, "copy_len": 10, "n_symbols": 8}
+    assert task.key_parameters() == {"seq_len": 100, "copy_len": 10, "n_symbols": 8}
 
 
 def test_copy_memoryless_model_scores_the_baseline():
