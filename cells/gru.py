@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, last_real_outputs, scan
+from rnnbench.cell import Cell, Reference, last_real_outputs
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -48,13 +48,12 @@ from rnnbench.registry import register_cell
 class GRU(Cell):
     """GRU cell; ``reset_after`` picks the PyTorch/cuDNN (True) or Cho et al. (False) form.
 
-    ``use_fused`` (default True): with ``reset_after=True``, :meth:`forward` runs
-    PyTorch's fused GRU kernel on this cell's parameters. Set it to False to use
-    the Python loop (one GEMM for all input projections, then one step per time
-    step), e.g. to compare the two paths in tests.
+    Fast path: PyTorch's fused GRU kernel (``reset_after=True``). The update gate
+    ``z`` keeps the state when near 1 (``h' = (1 − z) ⊙ n + z ⊙ h``).
     """
 
     gate_names = ("r", "z", "n")
+    retention_gate = "z"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True):
         super().__init__(input_size, hidden_size)
@@ -62,7 +61,6 @@ class GRU(Cell):
         check(isinstance(reset_after, bool), "cell.reset_after", reset_after, "true or false")
         self.bias = bias
         self.reset_after = reset_after
-        self.use_fused = True
         self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
         if bias:
@@ -97,63 +95,41 @@ class GRU(Cell):
         return 6 * H * I + 6 * H * H + (6 * H if self.bias else 0) + 10 * H
 
     # --- one step -------------------------------------------------------------------
-    def _recurrent_weights(self) -> tuple:
-        """The recurrent weights as the update uses them (sliced once, outside any loop)."""
-        if self.reset_after:
-            return self.weight_hh, self.bias_hh
-        H = self.hidden_size
-        b_rz = None if self.bias_hh is None else self.bias_hh[: 2 * H]
-        b_n = None if self.bias_hh is None else self.bias_hh[2 * H :]
-        return self.weight_hh[: 2 * H], b_rz, self.weight_hh[2 * H :], b_n
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``gi = W_ih x + b_ih``: the three gates' input parts, ``(..., 3H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
 
-    def _update(self, gi: Tensor, h: Tensor, weights: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One GRU update from the input projection ``gi = W_ih x + b_ih``; returns h', r, z, n."""
-        i_r, i_z, i_n = gi.chunk(3, dim=1)
+    def recurrence(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One GRU update from ``gi``: ``y_t = h' = (1 − z) ⊙ n + z ⊙ h`` and the gates r, z, n."""
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        H = self.hidden_size
         if self.reset_after:
-            w_hh, b_hh = weights
-            h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+            h_r, h_z, h_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=-1)
             r = torch.sigmoid(i_r + h_r)
             z = torch.sigmoid(i_z + h_z)
             n = torch.tanh(i_n + r * h_n)
         else:
-            w_rz, b_rz, w_n, b_n = weights
-            h_r, h_z = F.linear(h, w_rz, b_rz).chunk(2, dim=1)
+            b_rz = None if self.bias_hh is None else self.bias_hh[: 2 * H]
+            b_n = None if self.bias_hh is None else self.bias_hh[2 * H :]
+            h_r, h_z = F.linear(h, self.weight_hh[: 2 * H], b_rz).chunk(2, dim=-1)
             r = torch.sigmoid(i_r + h_r)
             z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + F.linear(r * h, w_n, b_n))
+            n = torch.tanh(i_n + F.linear(r * h, self.weight_hh[2 * H :], b_n))
         h_new = torch.lerp(n, h, z)  # (1 − z) ⊙ n + z ⊙ h
-        return h_new, r, z, n
-
-    def step_with_gates(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """:meth:`step`, plus the gates ``{"r", "z", "n"}`` (each ``(B, H)``) for diagnostics."""
-        gi = F.linear(x_t, self.weight_ih, self.bias_ih)
-        h, r, z, n = self._update(gi, state, self._recurrent_weights())
-        return h, h, {"r": r, "z": z, "n": n}
-
-    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """Reference semantics: ``(B, I), (B, H) -> y_t = h', h'``."""
-        gi = F.linear(x_t, self.weight_ih, self.bias_ih)
-        h = self._update(gi, state, self._recurrent_weights())[0]
-        return h, h
+        return h_new, h_new, {"r": r, "z": z, "n": n}
 
     # --- whole sequences ------------------------------------------------------------
-    def forward(
-        self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(B, T, I) -> (B, T, H)`` and the state after each sequence's last real step."""
-        state, mask = self.prepare(x, state, lengths)
-        if self.use_fused and self.reset_after and x.shape[1] > 0:
-            return self._fused(x, state, mask)
-        return self._loop(x, state, mask)
-
-    def _fused(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """PyTorch's GRU kernel (what torch.nn.GRU.forward calls) on this cell's parameters.
+    def fused_forward(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """PyTorch's GRU kernel (what torch.nn.GRU.forward calls) on this cell's parameters;
+        ``reset_after=False`` has no such kernel and takes the loop.
 
         Variable lengths are not packed: on CPU, backward through a packed sequence
         measured 4x slower than the whole padded batch. A GRU is causal, so outputs
         at real steps do not depend on the padding after them: run the padded batch,
         zero the padded outputs, and read each final state at its last real step.
         """
+        if not self.reset_after:
+            return self.loop_forward(x, state, mask)
         weights = [self.weight_ih, self.weight_hh]
         if self.bias:
             weights += [self.bias_ih, self.bias_hh]
@@ -161,14 +137,8 @@ class GRU(Cell):
         y, _ = torch._VF.gru(x, state.unsqueeze(0), weights, self.bias, 1, 0.0, self.training, False, True)
         return last_real_outputs(y, state, mask)
 
-    def _loop(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Python loop over time (one GEMM for every input projection first); padding
-        masked exactly like :meth:`Cell.loop_steps`."""
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
-        weights = self._recurrent_weights()
-
-        def step(gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-            h = self._update(gi, h, weights)[0]
-            return h, h
-
-        return scan(step, gi_all, state, mask, self.hidden_size)
+    @classmethod
+    def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:
+        """``torch.nn.GRU`` (cuDNN on a GPU): the same function with ``reset_after=True``."""
+        return [Reference("torch.nn.GRU", nn.GRU(input_size, hidden_size, num_layers, bias=options.get("bias", True),
+                                                 batch_first=True, bidirectional=bidirectional))]

@@ -33,11 +33,17 @@ adding-problem script loosens it for tanh). ``max_len=None`` leaves ``u`` free.
 Recurrent initialisation (the paper's recipes):
 - ``recurrent_init="uniform"``: ``u ~ U(0, 1)``, the paper's general choice (the
   authors' code draws ``U(0, 2^(1/T))``, the same up to the bound);
-- ``"last_layer_long"``: ``u ~ U((1/2)^(1/T), 2^(1/T))`` (``ε = 1/2, γ = 2``), for
-  the last layer of tasks read only at the final step (the authors' adding-problem
-  script, and their ``u_lastlayer_ini`` option), so that every unit starts with a
-  long memory; requires ``max_len``. In a stack every layer gets the same option;
+- ``"last_layer_long"``: the authors' adding-problem script
+  (Sunnydreamrain/IndRNN_Theano_Lasagne, ``adding/adding.py``): the last layer of the
+  stack draws ``u ~ U(2^(-1/T), 2^(1/T))`` (``ε = 1/2, γ = 2``), so that every unit of
+  a layer read only at the final step starts with a long memory, and the layers below
+  it ``u ~ U(0, 2^(1/T))``; requires ``max_len``. The stack tells each cell its
+  ``layer`` and ``num_layers``;
 - ``"identity"``: ``u = 1`` (as IRNN's identity recurrent matrix, Le et al. 2015).
+
+``max_len: task`` (the preset's value) takes T from the task when the model is built
+(:meth:`IndRNN.resolve_options`): the number of steps its sequences really have, so
+the copy task's bound uses ``T + 2K``, not the gap ``T``.
 
 Input weights (``input_init``):
 - ``"indrnn_repo"`` (default): the choice of the authors' PyTorch code
@@ -47,6 +53,8 @@ Input weights (``input_init``):
   adding problem (2 layers, T=100, Adam 2e-3, 2000 steps, 2 seeds): validation
   MSE about 1e-3 and steadily falling, against 1e-2 to 7e-2 and erratic with
   ``"linear"``;
+- ``"normal"``: ``W ~ N(0, input_std²)``, ``b = 0``: the authors' adding-problem script
+  (``lasagne.init.Normal(0.001)``, ``input_std: 0.001``);
 - ``"linear"``: ``torch.nn.Linear``'s initialisation, ``W, b ~ U(-1/sqrt(I), 1/sqrt(I))``.
 
 Depth: in one IndRNN layer the only nonlinearity is inside the recurrence, so a
@@ -70,20 +78,21 @@ remaining time.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from rnnbench.cell import Cell, last_real_outputs, scan
-from rnnbench.errors import check, is_int
+from rnnbench.cell import Cell, Reference, last_real_outputs, saturated_units
+from rnnbench.errors import check, is_int, is_number
 from rnnbench.registry import register_cell
 
 NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
 RECURRENT_INITS = ("uniform", "last_layer_long", "identity")
-INPUT_INITS = ("indrnn_repo", "linear")
+INPUT_INITS = ("indrnn_repo", "linear", "normal")
+MAX_LEN_FROM_TASK = "task"
 
 
 class _IndRNNRecurrence(torch.autograd.Function):
@@ -143,18 +152,19 @@ class IndRNN(Cell):
       ``bias``            add ``b`` (default True);
       ``nonlinearity``    ``"relu"`` (default, the paper's) or ``"tanh"``;
       ``max_len``         T for the constraint ``|u| ≤ 2^(1/T)`` applied by
-                          :meth:`constrain_`; None (default): unconstrained;
+                          :meth:`constrain_`; None (default): unconstrained; ``"task"``:
+                          the task's sequence length (resolved when the model is built);
       ``recurrent_init``  ``"uniform"`` (default), ``"last_layer_long"`` (needs
                           ``max_len``) or ``"identity"``, see the module docstring;
-      ``input_init``      ``"indrnn_repo"`` (default) or ``"linear"``.
+      ``input_init``      ``"indrnn_repo"`` (default), ``"normal"`` (with ``input_std``)
+                          or ``"linear"``.
 
-    ``use_fused`` (default True): :meth:`forward` runs the recurrence through
-    :class:`_IndRNNRecurrence`. Set it to False to use the Python loop through
-    autograd (one GEMM for all input projections, then one step per time step),
-    e.g. to compare the two paths in tests.
+    Fast path: the recurrence as :class:`_IndRNNRecurrence` (hand-written backward).
+    No gates: the diagnostics report the saturation of the pre-activation ``a``.
     """
 
     gate_names = ("a",)
+    preactivation_gate = "a"
 
     def __init__(
         self,
@@ -162,16 +172,20 @@ class IndRNN(Cell):
         hidden_size: int,
         bias: bool = True,
         nonlinearity: str = "relu",
-        max_len: Optional[int] = None,
+        max_len: Optional[Union[int, str]] = None,
         recurrent_init: str = "uniform",
         input_init: str = "indrnn_repo",
+        input_std: float = 0.001,
+        layer: int = 0,
+        num_layers: int = 1,
     ):
         super().__init__(input_size, hidden_size)
         check(isinstance(bias, bool), "cell.bias", bias, "true or false")
         check(isinstance(nonlinearity, str) and nonlinearity in NONLINEARITIES, "cell.nonlinearity", nonlinearity,
               f"one of {', '.join(NONLINEARITIES)}")
         check(max_len is None or (is_int(max_len) and max_len >= 1), "cell.max_len", max_len,
-              "null (no constraint on u) or an integer >= 1, the sequence length T of |u| <= 2^(1/T)")
+              "null (no constraint on u), 'task' (the task's sequence length) or an integer >= 1, the T of "
+              "|u| <= 2^(1/T)")
         check(isinstance(recurrent_init, str) and recurrent_init in RECURRENT_INITS, "cell.recurrent_init",
               recurrent_init, f"one of {', '.join(RECURRENT_INITS)}")
         check(recurrent_init != "last_layer_long" or max_len is not None, "cell.recurrent_init", recurrent_init,
@@ -179,12 +193,14 @@ class IndRNN(Cell):
               "u ~ U((1/2)^(1/T), 2^(1/T)) and needs T (set cell.max_len)")
         check(isinstance(input_init, str) and input_init in INPUT_INITS, "cell.input_init", input_init,
               f"one of {', '.join(INPUT_INITS)}")
+        check(is_number(input_std) and input_std > 0, "cell.input_std", input_std, "a number > 0")
         self.bias = bias
         self.nonlinearity = nonlinearity
         self.max_len = max_len
         self.recurrent_init = recurrent_init
         self.input_init = input_init
-        self.use_fused = True
+        self.input_std = float(input_std)
+        self.is_last_layer = layer == num_layers - 1
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size))
         if bias:
@@ -204,11 +220,15 @@ class IndRNN(Cell):
             if self.recurrent_init == "uniform":
                 self.weight_hh.uniform_(0.0, 1.0)
             elif self.recurrent_init == "last_layer_long":
-                self.weight_hh.uniform_(0.5 ** (1.0 / self.max_len), self.recurrent_bound)
+                low = 0.5 ** (1.0 / self.max_len) if self.is_last_layer else 0.0
+                self.weight_hh.uniform_(low, self.recurrent_bound)
             else:
                 self.weight_hh.fill_(1.0)
-            if self.input_init == "indrnn_repo":
-                nn.init.kaiming_uniform_(self.weight_ih, a=8, mode="fan_in")
+            if self.input_init in ("indrnn_repo", "normal"):
+                if self.input_init == "indrnn_repo":
+                    nn.init.kaiming_uniform_(self.weight_ih, a=8, mode="fan_in")
+                else:
+                    self.weight_ih.normal_(0.0, self.input_std)
                 if self.bias_ih is not None:
                     self.bias_ih.zero_()
             else:
@@ -219,7 +239,8 @@ class IndRNN(Cell):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, nonlinearity={self.nonlinearity!r}, "
-                f"max_len={self.max_len}, recurrent_init={self.recurrent_init!r}, input_init={self.input_init!r}")
+                f"max_len={self.max_len}, recurrent_init={self.recurrent_init!r}, input_init={self.input_init!r}, "
+                f"last_layer={self.is_last_layer}")
 
     # --- constraint, size and cost -----------------------------------------------------
     def constrain_(self) -> None:
@@ -243,32 +264,22 @@ class IndRNN(Cell):
         return 2 * H * I + (4 * H if self.bias else 3 * H)
 
     # --- one step -------------------------------------------------------------------
-    def _update(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """One update from the input projection ``gi = W x + b``; returns h', a."""
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``W x + b``, ``(..., H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def recurrence(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``y_t = h' = act(a)`` with the pre-activation ``a = gi + u ⊙ h`` (gate "a")."""
         a = torch.addcmul(gi, self.weight_hh, h)
-        return NONLINEARITIES[self.nonlinearity](a), a
+        h_new = NONLINEARITIES[self.nonlinearity](a)
+        return h_new, h_new, {"a": a}
 
-    def step_with_gates(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """:meth:`step`, plus the pre-activation ``{"a"}`` (``(B, H)``) for diagnostics."""
-        h, a = self._update(F.linear(x_t, self.weight_ih, self.bias_ih), state)
-        return h, h, {"a": a}
-
-    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """Reference semantics: ``(B, I), (B, H) -> y_t = h', h'``."""
-        h = self._update(F.linear(x_t, self.weight_ih, self.bias_ih), state)[0]
-        return h, h
+    def saturated(self, preactivation: Tensor) -> Tensor:
+        """relu: ``a <= 0`` (the unit passes no gradient); tanh: ``|a| > 2``."""
+        return saturated_units(preactivation, self.nonlinearity)
 
     # --- whole sequences ------------------------------------------------------------
-    def forward(
-        self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(B, T, I) -> (B, T, H)`` and the state after each sequence's last real step."""
-        state, mask = self.prepare(x, state, lengths)
-        if self.use_fused and x.shape[1] > 0:
-            return self._fused(x, state, mask)
-        return self._loop(x, state, mask)
-
-    def _fused(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def fused_forward(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One GEMM for every input projection, then :class:`_IndRNNRecurrence`, time-first.
 
         The output is the batch-first view of a time-first tensor (not contiguous):
@@ -280,13 +291,18 @@ class IndRNN(Cell):
         y = _IndRNNRecurrence.apply(a, self.weight_hh, state, self.nonlinearity).transpose(0, 1)
         return last_real_outputs(y, state, mask)
 
-    def _loop(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Python loop over time through autograd (one GEMM for every input projection
-        first); padding masked exactly like :meth:`Cell.loop_steps`."""
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
+    @classmethod
+    def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:
+        """``torch.nn.RNN(relu)``: the same shape of computation with a full recurrent matrix
+        (no library has an IndRNN kernel), so the ratio shows what the vector ``u`` saves."""
+        return [Reference("torch.nn.RNN(relu)",
+                          nn.RNN(input_size, hidden_size, num_layers, nonlinearity="relu",
+                                 bias=options.get("bias", True), batch_first=True, bidirectional=bidirectional))]
 
-        def step(gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-            h = self._update(gi, h)[0]
-            return h, h
-
-        return scan(step, gi_all, state, mask, self.hidden_size)
+    @classmethod
+    def resolve_options(cls, options: dict, task) -> dict:
+        """``max_len: task`` becomes the number of steps the task's sequences have (the copy
+        task: ``T + 2K``), or null (no constraint) without a task or a fixed length."""
+        if options.get("max_len") == MAX_LEN_FROM_TASK:
+            return {**options, "max_len": getattr(task, "sequence_length", None) if task is not None else None}
+        return options

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, scan
+from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
 
@@ -50,16 +50,11 @@ LSTMState = tuple[Tensor, Tensor]  # (h, c)
 
 @register_cell("lstm")
 class LSTM(Cell):
-    """LSTM cell with a forget gate; state ``(h, c)``, output ``h``.
-
-    ``use_fused`` (default True): :meth:`forward` runs PyTorch's fused LSTM kernel
-    on this cell's parameters (with variable ``lengths``: once per stretch of time
-    in which no sequence ends, see :meth:`_fused_lengths`). Set it to False to use the Python loop (one GEMM for
-    all input projections, then one step per time step), e.g. to compare the two
-    paths in tests.
-    """
+    """LSTM cell with a forget gate; state ``(h, c)``, output ``h``. Fast path: PyTorch's
+    fused LSTM kernel. The forget gate ``f`` keeps the cell state when near 1."""
 
     gate_names = ("i", "f", "g", "o", "c")
+    retention_gate = "f"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0):
         super().__init__(input_size, hidden_size)
@@ -72,7 +67,6 @@ class LSTM(Cell):
               "0.0 when cell.bias=false (there is no bias to add it to); set cell.bias=true to use it")
         self.bias = bias
         self.forget_bias = float(forget_bias)
-        self.use_fused = True
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         if bias:
@@ -117,39 +111,30 @@ class LSTM(Cell):
         return 8 * H * I + 8 * H * H + (8 * H if self.bias else 0) + 13 * H
 
     # --- one step -------------------------------------------------------------------
-    def _update(self, gi: Tensor, state: LSTMState) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One LSTM update from the input projection ``gi = W_ih x + b_ih``; returns h', c', gates."""
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih``: the four gates' input parts, ``(..., 4H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def recurrence(self, gi: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState, dict[str, Tensor]]:
+        """One LSTM update from ``gi``: ``y_t = h'``, state ``(h', c')``, gates i, f, g, o and c'."""
         h, c = state
-        gates = gi + F.linear(h, self.weight_hh, self.bias_hh)
-        a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
+        a_i, a_f, a_g, a_o = (gi + F.linear(h, self.weight_hh, self.bias_hh)).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
         c_new = f * c + i * g
         h_new = o * torch.tanh(c_new)
-        return h_new, c_new, {"i": i, "f": f, "g": g, "o": o, "c": c_new}
-
-    def step_with_gates(self, x_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState, dict[str, Tensor]]:
-        """:meth:`step`, plus the gates ``{"i", "f", "g", "o", "c"}`` (each ``(B, H)``; ``c`` is c')."""
-        gi = F.linear(x_t, self.weight_ih, self.bias_ih)
-        h, c, gates = self._update(gi, state)
-        return h, (h, c), gates
-
-    def step(self, x_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
-        """Reference semantics: ``(B, I), (h, c) -> y_t = h', (h', c')``."""
-        gi = F.linear(x_t, self.weight_ih, self.bias_ih)
-        h, c, _ = self._update(gi, state)
-        return h, (h, c)
+        return h_new, (h_new, c_new), {"i": i, "f": f, "g": g, "o": o, "c": c_new}
 
     # --- whole sequences ------------------------------------------------------------
-    def forward(
-        self, x: Tensor, state: Optional[LSTMState] = None, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, LSTMState]:
-        """``(B, T, I) -> (B, T, H)`` and the state after each sequence's last real step."""
-        state, mask = self.prepare(x, state, lengths)
-        if self.use_fused and x.shape[1] > 0:
-            if mask is None:
-                return self._fused(x, state)
-            return self._fused_lengths(x, state, mask)
-        return self._loop(x, state, mask)
+    def fused_forward(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]) -> tuple[Tensor, LSTMState]:
+        """PyTorch's LSTM kernel on this cell's parameters; with variable lengths, once per
+        stretch of time in which no sequence ends (:meth:`_fused_lengths`)."""
+        return self._fused(x, state) if mask is None else self._fused_lengths(x, state, mask)
+
+    @classmethod
+    def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:
+        """``torch.nn.LSTM`` (cuDNN on a GPU): the same function."""
+        return [Reference("torch.nn.LSTM", nn.LSTM(input_size, hidden_size, num_layers, bias=options.get("bias", True),
+                                                   batch_first=True, bidirectional=bidirectional))]
 
     def _flat_weights(self) -> list[Tensor]:
         if self.bias:
@@ -184,7 +169,7 @@ class LSTM(Cell):
         sorted_list = sorted_lengths.tolist()
         ends = sorted(set(sorted_list) - {0})  # the steps at which some sequences end
         if not ends:  # no real step at all: the loop keeps every parameter in the graph (zero gradients)
-            return self._loop(x, state, mask)
+            return self.loop_forward(x, state, mask)
         weights = self._flat_weights()
         x = x.index_select(0, order)
         h, c = state[0].index_select(0, order), state[1].index_select(0, order)
@@ -206,14 +191,3 @@ class LSTM(Cell):
         h = torch.cat([piece[0] for piece in reversed(finished)]).index_select(0, unsort)
         c = torch.cat([piece[1] for piece in reversed(finished)]).index_select(0, unsort)
         return y, (h, c)
-
-    def _loop(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]) -> tuple[Tensor, LSTMState]:
-        """Python loop over time (one GEMM for every input projection first); padding
-        masked exactly like :meth:`Cell.loop_steps`."""
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
-
-        def step(gi: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
-            h, c, _ = self._update(gi, state)
-            return h, (h, c)
-
-        return scan(step, gi_all, state, mask, self.hidden_size)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, last_real_outputs, scan
+from rnnbench.cell import Cell, Reference, last_real_outputs, saturated_units
 from rnnbench.errors import check
 from rnnbench.registry import register_cell
 
@@ -35,15 +35,11 @@ NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 @register_cell("rnn")
 class RNN(Cell):
     """Elman RNN cell, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, ``act`` tanh or relu.
-
-    ``use_fused`` (default True): :meth:`forward` runs PyTorch's fused RNN kernel
-    on this cell's parameters (with variable ``lengths``: on the padded batch, see
-    :meth:`_fused`). Set it to False to use the Python loop (one GEMM for
-    all input projections, then one step per time step), e.g. to compare the two
-    paths in tests.
-    """
+    Fast path: PyTorch's fused RNN kernel. No gates: the diagnostics report the
+    saturation of the pre-activation ``a``."""
 
     gate_names = ("a",)
+    preactivation_gate = "a"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"):
         super().__init__(input_size, hidden_size)
@@ -52,7 +48,6 @@ class RNN(Cell):
               f"one of {', '.join(NONLINEARITIES)}")
         self.bias = bias
         self.nonlinearity = nonlinearity
-        self.use_fused = True
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
         if bias:
@@ -86,32 +81,22 @@ class RNN(Cell):
         return 2 * H * I + 2 * H * H + (2 * H if self.bias else 0) + 2 * H
 
     # --- one step -------------------------------------------------------------------
-    def _update(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """One update from the input projection ``gi = W_ih x + b_ih``; returns h', a."""
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih``, ``(..., H)``."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def recurrence(self, gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``y_t = h' = act(a)`` with the pre-activation ``a = gi + W_hh h + b_hh`` (gate "a")."""
         a = gi + F.linear(h, self.weight_hh, self.bias_hh)
-        return NONLINEARITIES[self.nonlinearity](a), a
+        h_new = NONLINEARITIES[self.nonlinearity](a)
+        return h_new, h_new, {"a": a}
 
-    def step_with_gates(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """:meth:`step`, plus the pre-activation ``{"a"}`` (``(B, H)``) for diagnostics."""
-        h, a = self._update(F.linear(x_t, self.weight_ih, self.bias_ih), state)
-        return h, h, {"a": a}
-
-    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """Reference semantics: ``(B, I), (B, H) -> y_t = h', h'``."""
-        h = self._update(F.linear(x_t, self.weight_ih, self.bias_ih), state)[0]
-        return h, h
+    def saturated(self, preactivation: Tensor) -> Tensor:
+        """tanh: ``|a| > 2`` (tanh'(2) = 0.07); relu: ``a <= 0`` (no gradient at all)."""
+        return saturated_units(preactivation, self.nonlinearity)
 
     # --- whole sequences ------------------------------------------------------------
-    def forward(
-        self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(B, T, I) -> (B, T, H)`` and the state after each sequence's last real step."""
-        state, mask = self.prepare(x, state, lengths)
-        if self.use_fused and x.shape[1] > 0:
-            return self._fused(x, state, mask)
-        return self._loop(x, state, mask)
-
-    def _fused(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def fused_forward(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """PyTorch's RNN kernel (what torch.nn.RNN.forward calls) on this cell's parameters.
 
         Variable lengths are not packed: on CPU, backward through the packed kernel
@@ -128,13 +113,10 @@ class RNN(Cell):
         y, _ = kernel(x, state.unsqueeze(0), weights, self.bias, 1, 0.0, self.training, False, True)
         return last_real_outputs(y, state, mask)
 
-    def _loop(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Python loop over time (one GEMM for every input projection first); padding
-        masked exactly like :meth:`Cell.loop_steps`."""
-        gi_all = F.linear(x, self.weight_ih, self.bias_ih)
-
-        def step(gi: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-            h = self._update(gi, h)[0]
-            return h, h
-
-        return scan(step, gi_all, state, mask, self.hidden_size)
+    @classmethod
+    def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:
+        """``torch.nn.RNN`` with the same nonlinearity (cuDNN on a GPU): the same function."""
+        nonlinearity = options.get("nonlinearity", "tanh")
+        return [Reference(f"torch.nn.RNN({nonlinearity})",
+                          nn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity,
+                                 bias=options.get("bias", True), batch_first=True, bidirectional=bidirectional))]

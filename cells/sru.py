@@ -65,13 +65,14 @@ step costs more in calls than it saves).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench.cell import Cell, scan
+from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
 
@@ -178,13 +179,11 @@ class SRURecurrence(torch.autograd.Function):
 @register_cell("sru")
 class SRU(Cell):
     """SRU cell (Lei et al. 2018), matching ``sru.SRUCell``; state ``c``, output ``h``.
-
-    ``use_fused`` (default True): :meth:`forward` computes the input projections of
-    all steps first, then runs :class:`SRURecurrence`. Set it to False to loop
-    :meth:`step` instead (the reference), e.g. to compare the two paths in tests.
-    """
+    Fast path: the input projections of all steps first, then :class:`SRURecurrence`.
+    The forget gate ``f`` keeps ``c`` when near 1."""
 
     gate_names = ("f", "r", "c")
+    retention_gate = "f"
 
     def __init__(
         self,
@@ -212,7 +211,6 @@ class SRU(Cell):
         self.rescale = rescale
         self.highway_bias = float(highway_bias)
         self.use_tanh = use_tanh
-        self.use_fused = True
         # A learned highway projection W_h when the input cannot be added to h as it is.
         self.projected_highway = input_size != hidden_size
         self.num_matrices = 4 if self.projected_highway else 3
@@ -271,33 +269,27 @@ class SRU(Cell):
         return flops
 
     # --- one step -------------------------------------------------------------------
-    def step_with_gates(self, x_t: Tensor, c: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """:meth:`step`, plus ``{"f", "r", "c"}`` (each ``(B, H)``; ``c`` is c_t)."""
-        H = self.hidden_size
-        u = F.linear(x_t, self.weight_ih)
-        u_c, u_f, u_r = u[:, :H], u[:, H : 2 * H], u[:, 2 * H : 3 * H]
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``[W x; W_f x; W_r x; x']``, ``(..., 4H)``: with a projection ``x' = W_h x``, else
+        ``x' = α x`` (the highway input; needs ``I == H``). The gate biases are added in
+        :meth:`recurrence`, as the package does."""
+        u = F.linear(x, self.weight_ih)
+        return u if self.projected_highway else torch.cat([u, self.highway_scale * x], dim=-1)
+
+    def recurrence(self, p_t: Tensor, c: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One SRU step: ``y_t = h_t``, state ``c_t``, gates f, r and c."""
+        u_c, u_f, u_r, highway = p_t.chunk(4, dim=-1)
         v_f, v_r = self.weight_c.chunk(2)
         b_f, b_r = self.bias_fr.chunk(2) if self.bias_fr is not None else (0.0, 0.0)
         f = torch.sigmoid(u_f + v_f * c + b_f)
         r = torch.sigmoid(u_r + v_r * c + b_r)
         c_new = f * c + (1 - f) * u_c
-        highway = u[:, 3 * H :] if self.projected_highway else self.highway_scale * x_t  # x'
         h = r * (torch.tanh(c_new) if self.use_tanh else c_new) + (1 - r) * highway
         return h, c_new, {"f": f, "r": r, "c": c_new}
 
-    def step(self, x_t: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """Reference semantics: ``(B, I), (B, H) -> y_t = h_t, c_t``."""
-        h, c_new, _ = self.step_with_gates(x_t, c)
-        return h, c_new
-
     # --- whole sequences ------------------------------------------------------------
-    def forward(
-        self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(B, T, I) -> (B, T, H)`` and ``c`` after each sequence's last real step."""
-        state, mask = self.prepare(x, state, lengths)
-        if not self.use_fused or x.shape[1] == 0:
-            return scan(self.step, x, state, mask, self.output_size)
+    def fused_forward(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """The input projections of all steps first, then :class:`SRURecurrence`."""
         x = x.transpose(0, 1)  # time-first inside, as torch.nn.LSTM(batch_first=True) on CPU
         # All T steps of every input projection at once, one GEMM per (H, I) block: each
         # (T, B, H) result is contiguous for the loops of SRURecurrence, and four of them
@@ -313,3 +305,23 @@ class SRU(Cell):
             self.highway_scale, self.use_tanh,
         )
         return y.transpose(0, 1), c
+
+    @classmethod
+    def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:
+        """The ``sru`` package's ``SRU`` (time-first, its only layout; left out with a warning
+        where it does not run) and ``torch.nn.LSTM`` of the same width."""
+        references = []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its CUDA kernels fail to compile without CUDA: the CPU path works
+                from sru import SRU as PackageSRU
+
+                package = PackageSRU(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                                     dropout=0.0)
+                package(torch.zeros(1, 1, input_size))  # fails here if its kernels do
+            references.append(Reference("sru.SRU", package, time_first=True))
+        except Exception as exc:  # not installed, or broken here: no ratio against it
+            warnings.warn(f"the sru package does not run here ({type(exc).__name__}: {exc}); no sru.SRU reference")
+        references.append(Reference("torch.nn.LSTM", nn.LSTM(input_size, hidden_size, num_layers, batch_first=True,
+                                                             bidirectional=bidirectional)))
+        return references

@@ -1,7 +1,8 @@
 """Gradient and gate diagnostics (``diagnostics=true``): why a cell remembers or forgets.
 
-At the end of training, on one fixed batch (the first ``DIAGNOSTIC_BATCH``
-sequences of the test set, so every cell of a comparison sees the same data), with
+At the end of training, on one fixed batch (``Task.diagnostic_batch``: the first
+``DIAGNOSTIC_BATCH`` sequences of the test set, so every cell of a comparison sees
+the same data; any task, language modelling and translation included), with
 the weights the test was scored with and the model in eval mode (no dropout):
 
 - **Gradient through time.** ``grad_norm[t]`` = ``‖∂ℓ/∂s_t‖``, the norm of the
@@ -16,16 +17,17 @@ the weights the test was scored with and the model in eval mode (no dropout):
   gradients show as ``grad_norm`` decaying towards early ``t`` (Bengio, Simard &
   Frasconi 1994; Pascanu, Mikolov & Bengio 2013; the uRNN paper, Arjovsky et al.
   2016, plots the same quantity).
-- **Gates.** Every intermediate the cells expose through
-  ``CellStack.forward_with_gates`` (``l{layer}.{fwd|bwd}.{name}``: GRU ``r``, ``z``,
-  ``n``; LSTM ``i``, ``f``, ``g``, ``o``, ``c``; SRU ``f``, ``r``, ``c``; RNN and
-  IndRNN the pre-activation ``a``), as the mean over batch and units at each step.
-  For a pre-activation ``a`` also its saturation: ``a.abs_gt_2``, the fraction of
-  units with ``|a| > 2`` (tanh'(2) = 0.07: a saturated tanh passes almost no
-  gradient), and ``a.nonpositive``, the fraction with ``a <= 0`` (a ReLU unit that
-  is off passes none).
-- **Aligned on events** (tasks that mark positions, e.g. the adding problem's
-  ``marker_positions``): every gate's unit-mean aligned on the first marked
+- **Gates.** Every intermediate the cells expose (``gate_names``), keyed
+  ``l{layer}.{fwd|bwd}.{name}`` (GRU ``r``, ``z``, ``n``; LSTM ``i``, ``f``, ``g``,
+  ``o``, ``c``; SRU ``f``, ``r``, ``c``; RNN and IndRNN the pre-activation ``a``), as
+  the mean over batch and units at each step. Two generic views, named by the cell's
+  declarations so that no code here or in the report names a cell: ``retention``,
+  the gate whose value near 1 keeps the state (``Cell.retention_gate``: GRU ``z``,
+  LSTM and SRU ``f``), and ``saturation``, for cells without gates, the fraction of
+  units whose nonlinearity passes almost no gradient (``Cell.saturated``: tanh
+  ``|a| > 2``, tanh'(2) = 0.07; relu ``a <= 0``).
+- **Aligned on events** (tasks that mark positions, ``Task.event_positions``, e.g.
+  the adding problem's first marker): every gate's unit-mean aligned on the first marked
   position, ``offsets`` -5 .. T-1 steps from it, averaged over the sequences where
   that step exists. The GRU update gate (PyTorch form ``h' = (1 − z) ⊙ n + z ⊙ h``)
   holds the state when ``z`` is near 1: after the marked value has been read,
@@ -45,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from . import records
+from .cell import state_leaves
 from .stack import CellStack
 from .task import Task
 
@@ -54,72 +57,61 @@ ALIGN_BEFORE = 5  # steps shown before the aligned event
 
 
 def collect(task: Task, model: nn.Module, batch) -> dict[str, Any]:
-    """Gradient norms through time and gate statistics of ``model`` on ``batch``."""
+    """Gradient norms through time and gate statistics of ``model`` on ``batch``.
+
+    The first :class:`CellStack` of the model (a translation model's encoder) is run
+    through its reference steps (:meth:`CellStack.recording`); the gradient is taken
+    with respect to the states of its first cell (layer 0, forward)."""
     stack = next((m for m in model.modules() if isinstance(m, CellStack)), None)
     if stack is None:
         raise ValueError("diagnostics need a model with a CellStack")
-    cell = stack.layers[0][0]
-    states: list[tuple[Tensor, ...]] = []
-    gates: dict[str, Tensor] = {}
-    reference_step = cell.step_with_gates
-
-    def recording_step(x_t, state):
-        y_t, state, step_gates = reference_step(x_t, state)
-        states.append(state if isinstance(state, tuple) else (state,))
-        return y_t, state, step_gates
-
-    def forward_with_gates(x, state=None, lengths=None):
-        y, final, all_gates = CellStack.forward_with_gates(stack, x, state, lengths)
-        gates.update(all_gates)
-        return y, final
-
     device = next(model.parameters()).device
-    batch = tuple(part.to(device) for part in batch)
+    batch = tuple(part.to(device) if isinstance(part, Tensor) else part for part in batch)
     was_training = model.training
     model.eval()
-    cell.step_with_gates = recording_step  # instance attributes shadow the methods for this one call
-    stack.forward = forward_with_gates
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), stack.recording() as recording:
             loss, _ = task.loss_and_metrics(model, batch)
-            flat = [t for state in states for t in state]
+            per_step = [state_leaves(state) for state in recording.states]
+            flat = [t for leaves in per_step for t in leaves]
             grads = torch.autograd.grad(loss, flat, allow_unused=True)
     finally:
-        del cell.step_with_gates, stack.forward
         model.train(was_training)
 
     batch_size = len(batch[0])
-    per_step = len(states[0]) if states else 0
+    width = len(per_step[0]) if per_step else 0
     grad_norm = []
-    for t in range(len(states)):
+    for t in range(len(per_step)):
         squares = sum((g.detach().flatten(1).pow(2).sum(1) if g is not None else 0.0)
-                      for g in grads[t * per_step:(t + 1) * per_step])
+                      for g in grads[t * width:(t + 1) * width])
         grad_norm.append(float((batch_size * torch.as_tensor(squares).sqrt()).mean()))
 
     result: dict[str, Any] = {
         "batch_size": batch_size,
-        "seq_len": len(states),
+        "seq_len": len(per_step),
         "loss": float(loss.detach()),
         "state": "recurrent state of layer 0 (forward) after each step",
         "grad_norm": grad_norm,
-        "gates": {},
+        "gates": {name: _per_step_mean(g.detach().float()).tolist() for name, g in recording.gates.items()},
     }
-    for name, g in gates.items():
-        g = g.detach().float()
-        result["gates"][name] = _per_step_mean(g).tolist()
-        if name.endswith(".a"):
-            result["gates"][name + ".abs_gt_2"] = _per_step_mean((g.abs() > 2).float()).tolist()
-            result["gates"][name + ".nonpositive"] = _per_step_mean((g <= 0).float()).tolist()
+    first_cell = stack.cells[0]
+    retention = f"l0.fwd.{first_cell.retention_gate}"
+    if retention in recording.gates:
+        result["retention"] = {"gate": retention, "values": result["gates"][retention]}
+    preactivation = recording.gates.get(f"l0.fwd.{first_cell.preactivation_gate}")
+    saturated = first_cell.saturated(preactivation.detach()) if preactivation is not None else None
+    if saturated is not None:
+        result["saturation"] = {"gate": f"l0.fwd.{first_cell.preactivation_gate}",
+                                "values": _per_step_mean(saturated.float()).tolist()}
     events = task.event_positions(batch)
     if events is not None:
-        result["aligned_first_marker"] = _aligned(gates, events)
+        result["aligned_first_marker"] = _aligned(recording.gates, events)
     return result
 
 
 def write(run_dir: Path, task: Task, model: nn.Module, data_seed: int) -> str:
-    """Collect on the first test batch and write ``run_dir/diagnostics.json``; returns the file name."""
-    inputs, targets = next(iter(task.test_dataloader(data_seed)))
-    data = collect(task, model, (inputs[:DIAGNOSTIC_BATCH], targets[:DIAGNOSTIC_BATCH]))
+    """Collect on the task's diagnostic batch and write ``run_dir/diagnostics.json``; returns the file name."""
+    data = collect(task, model, task.diagnostic_batch(data_seed, DIAGNOSTIC_BATCH))
     records.write_json_atomic(Path(run_dir) / DIAGNOSTICS_FILE, data)
     return DIAGNOSTICS_FILE
 

@@ -9,10 +9,10 @@ same model around it.
   are fed to the stack as they are.
 - ``readout="all"``: the head is applied at every step, output ``(B, T, C)``
   (sequence labelling, e.g. the copy task).
-- ``readout="last"``: the head is applied to the stack output at the last real
-  step, output ``(B, C)`` (sequence regression/classification, e.g. the adding
-  problem). With a bidirectional stack, the backward half of that output has seen
-  only the last input; the forward half has seen the whole sequence.
+- ``readout="last"``: the head is applied to each direction's output after it has
+  read the whole sequence (``CellStack.final_output``: the forward direction at the
+  last real step, the backward direction at position 0), output ``(B, C)``
+  (sequence regression/classification, e.g. the adding problem).
 """
 
 from __future__ import annotations
@@ -77,12 +77,7 @@ class SequenceModel(nn.Module):
             x = self.encoder(x)
         y, _ = self.stack(x, lengths=lengths)  # (B, T, stack.output_size)
         if self.readout == "last":
-            if lengths is None:
-                y = y[:, -1]
-            else:
-                # The last real step of each sequence, not the padding after it.
-                last = torch.as_tensor(lengths, device=y.device).long() - 1
-                y = y[torch.arange(y.shape[0], device=y.device), last]
+            y = self.stack.final_output(y, lengths)  # each direction after the whole sequence
         return self.head(y)
 
 

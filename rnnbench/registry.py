@@ -35,12 +35,12 @@ class Registry(Generic[T]):
     """A name -> class table for one kind of plugin (``"cell"`` or ``"task"``)."""
 
     def __init__(self, kind: str, builtin_package: str, entry_point_group: str, base: str,
-                 required: tuple[str, ...] = ()):
+                 required: tuple[tuple[str, ...], ...] = ()):
         self.kind = kind
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
         self.base = base  # "module:Class" that every registered class must subclass
-        self.required = required  # methods of the base class a registered class must override
+        self.required = required  # per entry, methods of the base class of which one must be overridden
         self._classes: dict[str, type] = {}
         self._builtins_loaded = False
         self._loading_builtins = False
@@ -78,10 +78,13 @@ class Registry(Generic[T]):
             what = _qualified(cls) if isinstance(cls, type) else repr(cls)
             raise RegistryError(f"{self.kind} {name!r} ({what}) does not implement {api}: it must be a subclass "
                                 f"of {base.__name__}.")
-        missing = [method for method in self.required if getattr(cls, method, None) is getattr(base, method)]
+        # Each entry of ``required`` names methods of which at least one must be overridden.
+        missing = [alternatives for alternatives in self.required
+                   if all(getattr(cls, m, None) is getattr(base, m) for m in alternatives)]
         if missing:
+            wanted = ", ".join(" or ".join(m + "()" for m in alternatives) for alternatives in missing)
             raise RegistryError(f"{self.kind} {name!r} ({_qualified(cls)}) does not implement {api}: it must "
-                                f"define {', '.join(m + '()' for m in missing)}.")
+                                f"define {wanted}.")
 
     # --- discovery ----------------------------------------------------------------
     def load_builtins(self) -> None:
@@ -154,9 +157,9 @@ def _qualified(cls: type) -> str:
 
 
 CELLS: Registry = Registry("cell", "rnnbench.cells", "rnnbench.cells", base="rnnbench.cell:Cell",
-                           required=("step",))
+                           required=(("recurrence", "step", "step_with_gates"),))
 TASKS: Registry = Registry("task", "rnnbench.tasks", "rnnbench.tasks", base="rnnbench.task:Task",
-                           required=("build_model", "loss_and_metrics"))
+                           required=(("build_model",), ("loss_and_metrics",)))
 
 
 def register_cell(name: str):

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import checkpoints, diagnostics, distributed, records, schema
+from . import checkpoints, diagnostics, distributed, records
 from .errors import ConfigError, DivergedError, check, is_int
 from .evaluation import length_generalisation
 from .lit import BenchModule, RandomState, RunTracker
@@ -39,166 +39,7 @@ log = logging.getLogger(__name__)
 MAX_TIME = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")
 
 
-@dataclass
-class Experiment:
-    """Everything built from a config before training starts."""
-
-    config: dict
-    task: Task
-    model: nn.Module
-    cell_class: type
-    stack: CellStack
-
-
-def _validate_top_level(config: dict) -> None:
-    schema.check_dataclass(config, schema.RunConfig, "")
-    for key in ("seed", "data_seed", "init_seed"):
-        check(config[key] >= 0, key, config[key], "an integer >= 0")
-    schema.check_dataclass(config.get("model") or {}, schema.ModelConfig, "model")
-
-
-def _validate_trainer(t: dict) -> None:
-    schema.check_dataclass(t, schema.TrainerConfig, "trainer")
-    check(t["max_steps"] >= 1, "trainer.max_steps", t["max_steps"], "an integer >= 1")
-    check(t["max_time"] is None or MAX_TIME.match(t["max_time"]),
-          "trainer.max_time", t["max_time"], 'null or a wall-clock budget "DD:HH:MM:SS", e.g. "00:00:10:00"')
-    check(t["val_check_interval"] >= 1, "trainer.val_check_interval", t["val_check_interval"],
-          "an integer number of steps >= 1")
-    check(t["log_every_n_steps"] >= 1, "trainer.log_every_n_steps", t["log_every_n_steps"], "an integer >= 1")
-    check(t["threads"] is None or t["threads"] >= 1, "trainer.threads", t["threads"],
-          "null (torch's default) or an integer >= 1")
-    check(t["num_nodes"] >= 1, "trainer.num_nodes", t["num_nodes"], "an integer >= 1")
-    if t["num_nodes"] > 1 and not distributed.launched_externally():
-        raise ConfigError(f"trainer.num_nodes={t['num_nodes']} needs a cluster launcher that starts one process "
-                          f"per device on every node (SLURM with --ntasks-per-node, or torchrun); none is "
-                          f"present, so the run would wait forever. Use trainer.num_nodes=1 here.")
-    devices = t["devices"]
-    check(devices in (-1, "auto") or devices >= 1, "trainer.devices", devices,
-          "an integer >= 1, or -1 for all visible GPUs (all cores on the CPU)")
-    if t["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={t['accelerator']} but no CUDA GPU is visible to torch "
-                          f"(torch {torch.__version__}). Use trainer=cpu or trainer=ddp_cpu.")
-    if t["accelerator"] in ("gpu", "cuda"):
-        wanted = distributed.resolve_devices("gpu", devices)
-        check(wanted <= torch.cuda.device_count(), "trainer.devices", devices,
-              f"at most the {torch.cuda.device_count()} visible GPU(s)")
-    if t["accelerator"] == "cpu":
-        cores = os.cpu_count() or 1
-        check(distributed.resolve_devices("cpu", devices) <= cores, "trainer.devices", devices,
-              f"at most the {cores} CPU core(s) of this machine (one process each)")
-    if distributed.resolve_devices(t["accelerator"], devices) > 1 and t["strategy"] == "auto":
-        raise ConfigError(f"trainer.devices={devices} with trainer.strategy=auto is not supported: rnnbench "
-                          f"starts the extra processes itself with trainer.strategy=ddp (trainer=ddp or "
-                          f"trainer=ddp_cpu).")
-
-
-def _validate_optim(o: dict) -> None:
-    schema.check_dataclass(o, schema.OptimConfig, "optim")
-    check(o["lr"] > 0, "optim.lr", o["lr"], "a number > 0")
-    check(o.get("grad_clip") is None or o["grad_clip"] > 0, "optim.grad_clip", o.get("grad_clip"),
-          "null (no clipping) or a number > 0")
-    check(o.get("weight_decay", 0) >= 0, "optim.weight_decay", o.get("weight_decay"), "a number >= 0")
-    check(o.get("momentum", 0) >= 0, "optim.momentum", o.get("momentum"), "a number >= 0")
-    check(0 <= o.get("alpha", 0.99) < 1, "optim.alpha", o.get("alpha"), "a number in [0, 1)")
-    betas = o.get("betas", [0.9, 0.999])
-    check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optim.betas", betas,
-          "two numbers in [0, 1), e.g. [0.9, 0.999]")
-    check(o.get("warmup_steps", 0) >= 0, "optim.warmup_steps", o.get("warmup_steps"), "an integer >= 0")
-    # A warm-up is a per-step schedule; the plateau schedule changes the learning rate by
-    # itself after validations, and the two cannot drive one optimiser (see lit.build_optimizer).
-    check(o.get("schedule") != "plateau" or not o.get("warmup_steps"), "optim.warmup_steps", o.get("warmup_steps"),
-          "0 with optim.schedule=plateau (the plateau schedule has no warm-up)")
-    check(o.get("step_size", 1) >= 1, "optim.step_size", o.get("step_size"), "an integer >= 1")
-    check(o.get("gamma", 0.1) > 0, "optim.gamma", o.get("gamma"), "a number > 0")
-    check(o.get("patience", 0) >= 0, "optim.patience", o.get("patience"), "an integer >= 0")
-    first = o.get("first_decay_step")
-    check(first is None or first >= 1, "optim.first_decay_step", first,
-          "null (= optim.step_size) or an integer >= 1")
-
-
-def build_experiment(config: dict, task: Task | None = None) -> Experiment:
-    """Validate ``config`` (a resolved dict) and build task and model. No training.
-
-    ``task``: one already built from ``config["task"]`` (e.g. with a trained run's
-    vocabulary restored, to rebuild its model); by default it is built here."""
-    _validate_top_level(config)
-    for path in config.get("plugins") or []:
-        load_plugin_file(path)
-
-    cell_cfg, task_cfg = dict(config["cell"]), dict(config["task"])
-    cell_class = CELLS.get(cell_cfg["name"])
-    task_class = TASKS.get(task_cfg["name"])
-    cell_options = {k: v for k, v in cell_cfg.items() if k not in STACK_KEYS}
-    schema.check_signature(cell_class, cell_options, ("input_size", "hidden_size"), "cell",
-                           f"cell {cell_cfg['name']!r}")
-    stack_options = {k: cell_cfg.get(k) for k in STACK_KEYS if k != "name"}
-    schema.check_signature(CellStack, stack_options, ("cell_cls", "input_size"), "cell", "the cell stack")
-    task_options = {k: v for k, v in task_cfg.items() if k != "name"}
-    schema.check_signature(task_class, task_options, (), "task", f"task {task_cfg['name']!r}")
-    _validate_trainer(config["trainer"])
-    _validate_optim(config["optim"])
-
-    if cell_cfg["bidirectional"] and task_class.causal:
-        raise ConfigError(
-            f"cell.bidirectional=true is not allowed with task {task_cfg['name']!r}: the task is causal "
-            f"(each output may only depend on earlier inputs) and a bidirectional cell would see the future. "
-            f"Use a unidirectional cell (e.g. cell=gru) or set cell.bidirectional=false."
-        )
-    if task is None:
-        task = task_class(**task_options)
-
-    def build(hidden_size: int) -> tuple[nn.Module, CellStack]:
-        stacks: list[CellStack] = []
-
-        def make_stack(input_size: int, bidirectional: bool | None = None) -> CellStack:
-            # bidirectional overrides the cell config for stacks that must run one way
-            # (e.g. a translation decoder); None keeps cell.bidirectional.
-            bidirectional = cell_cfg["bidirectional"] if bidirectional is None else bidirectional
-            stack = CellStack(cell_class, input_size, hidden_size, num_layers=cell_cfg["num_layers"],
-                              bidirectional=bidirectional, dropout=cell_cfg["dropout"], **cell_options)
-            stacks.append(stack)
-            return stack
-
-        try:
-            return task.build_model(make_stack), stacks[0]
-        except TypeError as exc:  # a cell option of the wrong type, found by the cell itself
-            raise ConfigError(f"cell {cell_cfg['name']!r} could not be built: {exc}") from exc
-
-    budget = (config.get("model") or {}).get("param_budget")
-    if budget is not None:
-        check(is_int(budget) and budget >= 1, "model.param_budget", budget, "null or an integer >= 1")
-        cell_cfg["hidden_size"] = config["cell"]["hidden_size"] = hidden_size_for_budget(build, budget)
-    pl.seed_everything(config["init_seed"], workers=True, verbose=False)
-    model, stack = build(cell_cfg["hidden_size"])
-    return Experiment(config=config, task=task, model=model, cell_class=cell_class, stack=stack)
-
-
-def hidden_size_for_budget(build: Callable[[int], tuple[nn.Module, CellStack]], budget: int,
-                           largest: int = 1 << 16) -> int:
-    """The hidden size whose whole model comes closest to ``budget`` trainable parameters.
-
-    Models are built on the meta device (no memory, no init cost); the parameter
-    count grows with the hidden size, so a bisection finds the largest size within
-    the budget, and the next size up wins if it lands closer.
-    """
-    def params(hidden_size: int) -> int:
-        with torch.device("meta"):
-            return count_parameters(build(hidden_size)[0])
-
-    smallest = params(1)
-    if smallest > budget:
-        raise ConfigError(f"model.param_budget={budget} is too small: the smallest model (cell.hidden_size=1) "
-                          f"already has {smallest} parameters. Raise the budget or leave it null.")
-    low, high = 1, largest  # invariant: params(low) <= budget
-    while low < high:
-        middle = (low + high + 1) // 2
-        if params(middle) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    if low < largest and abs(params(low + 1) - budget) < abs(budget - params(low)):
-        return low + 1
-    return low
+from .experiment import Experiment, build_experiment, hidden_size_for_budget  # noqa: E402,F401
 
 
 def _progress_bar(kind: str):
@@ -229,9 +70,9 @@ def _base_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict)
         "num_layers": cfg["cell"]["num_layers"],
         "bidirectional": cfg["cell"]["bidirectional"],
         "params": count_parameters(exp.model),
-        "cell_params": count_parameters(stack),
+        "cell_params": sum(count_parameters(s) for s in exp.stacks),
         "param_budget": (cfg.get("model") or {}).get("param_budget"),
-        "state_size": stack.state_size,
+        "state_size": sum(s.state_size for s in exp.stacks),
         "cell_flops_per_step": stack.flops_per_step(),  # forward, per sequence, whole stack
         "seed": cfg["seed"],
         "data_seed": cfg["data_seed"],

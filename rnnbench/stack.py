@@ -14,8 +14,11 @@ PyTorch's ``h_n``: layer 0 forward, layer 0 backward, layer 1 forward, ...
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,18 @@ from .errors import check, is_int, is_number
 # Keys of a cell config that belong to the stack wrapper; every other key is an
 # option of the cell class itself.
 STACK_KEYS = ("name", "hidden_size", "num_layers", "bidirectional", "dropout")
+# Constructor arguments the stack fills in for cells that take them (never set in a config).
+POSITION_KEYS = ("layer", "num_layers")
+
+
+@dataclass
+class Recording:
+    """What :meth:`CellStack.recording` collects during one forward pass: every cell's gates
+    (``"l{layer}.{fwd|bwd}.{name}"``, each ``(B, T, ...)``) and the state of the first cell
+    (layer 0, forward) after every step, as the tensors of the autograd graph."""
+
+    gates: dict[str, Tensor] = field(default_factory=dict)
+    states: list[State] = field(default_factory=list)
 
 
 class CellStack(nn.Module):
@@ -68,15 +83,20 @@ class CellStack(nn.Module):
         self.bidirectional = bidirectional
         self.num_directions = 2 if bidirectional else 1
         self.dropout = float(dropout)
-        # layers[l][d]: the cell of layer l, direction d (0 forward, 1 backward).
+        # layers[l][d]: the cell of layer l, direction d (0 forward, 1 backward). A cell whose
+        # constructor takes `layer` and `num_layers` is told its place in the stack.
+        told = set(inspect.signature(cell_cls.__init__).parameters) >= set(POSITION_KEYS)
         self.layers = nn.ModuleList()
         for layer in range(num_layers):
             layer_input_size = input_size if layer == 0 else hidden_size * self.num_directions
+            position = {"layer": layer, "num_layers": num_layers} if told else {}
             self.layers.append(
                 nn.ModuleList(
-                    cell_cls(layer_input_size, hidden_size, **cell_options) for _ in range(self.num_directions)
+                    cell_cls(layer_input_size, hidden_size, **cell_options, **position)
+                    for _ in range(self.num_directions)
                 )
             )
+        self._recording: Optional[Recording] = None
 
     @property
     def cells(self) -> list[nn.Module]:
@@ -103,9 +123,37 @@ class CellStack(nn.Module):
     def forward(
         self, x: Tensor, state: Optional[tuple[State, ...]] = None, lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, tuple[State, ...]]:
-        """``(B, T, input_size) -> (B, T, output_size)`` and the final states; padded outputs are 0."""
+        """``(B, T, input_size) -> (B, T, output_size)`` and the final states; padded outputs are 0.
+        Inside :meth:`recording`, runs every cell's reference steps and records them."""
+        if self._recording is not None:
+            y, final_states, gates = self._run(x, state, lengths, record=True,
+                                               on_first_cell_step=self._recording.states.append)
+            self._recording.gates.update(gates)
+            return y, final_states
         y, final_states, _ = self._run(x, state, lengths, record=False)
         return y, final_states
+
+    @contextmanager
+    def recording(self) -> Iterator[Recording]:
+        """``with stack.recording() as rec: model(...)``: the forward passes inside run through
+        the reference steps and fill ``rec`` (gates, and the first cell's states per step)."""
+        self._recording = Recording()
+        try:
+            yield self._recording
+        finally:
+            self._recording = None
+
+    def final_output(self, y: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """``(B, output_size)``: each direction's output after it has read the whole sequence:
+        the forward half at the last real step, the backward half at position 0 (after
+        reading back to the start). For a bidirectional stack, the last step alone would
+        give a backward half that has seen only the last input."""
+        batch = torch.arange(y.shape[0], device=y.device)
+        last = (torch.as_tensor(lengths, device=y.device).long() - 1).clamp(min=0) if lengths is not None else -1
+        forward_half = y[batch, last, : self.hidden_size] if lengths is not None else y[:, -1, : self.hidden_size]
+        if not self.bidirectional:
+            return forward_half
+        return torch.cat([forward_half, y[:, 0, self.hidden_size:]], dim=-1)
 
     def forward_with_gates(
         self, x: Tensor, state: Optional[tuple[State, ...]] = None, lengths: Optional[Tensor] = None
@@ -120,7 +168,7 @@ class CellStack(nn.Module):
         flops = [cell.flops_per_step() for cell in self.cells]
         return None if any(f is None for f in flops) else sum(flops)
 
-    def _run(self, x: Tensor, state, lengths, record: bool):
+    def _run(self, x: Tensor, state, lengths, record: bool, on_first_cell_step=None):
         batch_size, seq_len, _ = x.shape
         num_cells = self.num_layers * self.num_directions
         if state is None:
@@ -147,7 +195,8 @@ class CellStack(nn.Module):
                 cell_state = state[layer * self.num_directions + direction]
                 cell_input = out if direction == 0 else _reverse(out, reverse_index)
                 if record:
-                    y, cell_state, gates = cell.forward_with_gates(cell_input, cell_state, lengths)
+                    on_step = on_first_cell_step if layer == 0 and direction == 0 else None
+                    y, cell_state, gates = cell.forward_with_gates(cell_input, cell_state, lengths, on_step)
                 else:
                     y, cell_state = cell(cell_input, cell_state, lengths)
                     gates = {}

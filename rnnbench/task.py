@@ -130,8 +130,13 @@ class Task:
     def write_artifacts(self, model: nn.Module, run_dir, data_seed: int) -> dict:
         """After testing, write task-specific files into ``run_dir`` (e.g. attention
         maps, generated samples) and return what the run record should say of them
-        (merged into the record). Only rank 0 calls it. Default: nothing."""
+        (the record's ``artifacts``). Only rank 0 calls it. Default: nothing."""
         return {}
+
+    def load_artifacts(self, run_dir) -> None:
+        """Before a finished run's model is rebuilt (:func:`rnnbench.experiment.load_run`),
+        restore what :meth:`write_artifacts` saved that the model depends on (e.g. a
+        vocabulary). Default: nothing."""
 
     # --- data ------------------------------------------------------------------
     def train_dataloader(self, data_seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0,

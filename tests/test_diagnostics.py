@@ -65,8 +65,14 @@ def test_diagnostics_for_other_state_kinds(cell):
     data = diagnostics.collect(exp.task, exp.model, (inputs, targets))
     assert len(data["grad_norm"]) == inputs.shape[1] == 12 + 2 * 3
     assert all(g >= 0 for g in data["grad_norm"]) and data["grad_norm"][-1] > 0
-    expected = {"lstm": "l0.fwd.f", "sru": "l0.fwd.f", "indrnn": "l0.fwd.a.nonpositive"}[cell]
-    assert len(data["gates"][expected]) == inputs.shape[1]
+    view, gate = {"lstm": ("retention", "l0.fwd.f"), "sru": ("retention", "l0.fwd.f"),
+                  "indrnn": ("saturation", "l0.fwd.a")}[cell]
+    assert data[view]["gate"] == gate and len(data[view]["values"]) == inputs.shape[1]
+    if cell == "indrnn":  # the fraction of ReLU units that are off, recomputed from the gate
+        with torch.no_grad(), exp.model.stack.recording() as rec:
+            exp.model(inputs)
+        expected = (rec.gates["l0.fwd.a"] <= 0).float().transpose(0, 1).flatten(1).mean(1)
+        assert data["saturation"]["values"] == pytest.approx(expected.tolist())
     assert "aligned_first_marker" not in data  # the copy task marks no positions
 
 

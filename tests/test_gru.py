@@ -1,16 +1,16 @@
 """GRU against torch.nn.GRU and against Cho et al.'s equations; CellStack against nn.GRU stacks."""
 
-from importlib.resources import files
 
 import pytest
 import torch
-import yaml
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from conftest import compose_config
 from rnnbench.cells.gru import GRU
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS
+from rnnbench.experiment import build_stack
 from rnnbench.stack import CellStack
 
 I, H, B, T = 3, 5, 4, 6
@@ -224,9 +224,7 @@ def test_dropout_with_one_layer_warns():
 
 @pytest.mark.parametrize("preset", ["gru", "bigru", "stacked_gru"])
 def test_presets_build_a_stack(preset):
-    """Every key of the preset is used: stack keys by CellStack, the rest by the cell."""
-    config = yaml.safe_load((files("rnnbench.conf") / "cell" / f"{preset}.yaml").read_text())
-    cell_cls = CELLS.get(config.pop("name"))
-    stack = CellStack(cell_cls, I, **config)
+    """Every key of the composed preset is used: stack keys by CellStack, the rest by the cell."""
+    stack = build_stack(compose_config([f"cell={preset}"])["cell"], I)
     y, _ = stack(torch.randn(B, T, I))
     assert y.shape == (B, T, stack.output_size)

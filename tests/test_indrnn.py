@@ -13,7 +13,8 @@ from conftest import compose_config, run_path
 from rnnbench.cells.indrnn import IndRNN, _IndRNNRecurrence
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS
-from rnnbench.run import build_experiment
+from rnnbench.experiment import build_experiment
+from rnnbench.stack import CellStack
 
 I, H, B, T = 3, 5, 4, 7
 LENGTHS = [7, 3, 1, 0]  # full, partial, one step, empty
@@ -172,6 +173,24 @@ def test_last_layer_long_needs_max_len():
         IndRNN(I, H, recurrent_init="last_layer_long")
 
 
-def test_max_len_follows_the_task():
-    assert compose_config(["cell=indrnn", "task=adding", "task.seq_len=37"])["cell"]["max_len"] == 37
-    assert compose_config(["cell=indrnn", "~task.seq_len"])["cell"]["max_len"] is None
+def test_max_len_is_the_true_sequence_length_of_the_task():
+    """``max_len: task`` bounds |u| by 2^(1/L) with L the steps the model really reads: the copy
+    task's sequences have T + 2K steps, not the gap T."""
+    adding = build_experiment(compose_config(["cell=indrnn", "task=adding", "task.seq_len=37", "cell.hidden_size=4"]))
+    assert {cell.max_len for cell in adding.stack.cells} == {37}
+    copy = build_experiment(compose_config(["cell=indrnn", "task=copy", "task.seq_len=37", "task.copy_len=5",
+                                            "cell.hidden_size=4"]))
+    assert {cell.max_len for cell in copy.stack.cells} == {37 + 2 * 5}
+    assert copy.stack.cells[0].recurrent_bound == pytest.approx(2 ** (1 / 47))
+    assert IndRNN.resolve_options({"max_len": "task"}, None) == {"max_len": None}  # no task: unconstrained
+    assert IndRNN.resolve_options({"max_len": 12}, None) == {"max_len": 12}
+
+
+def test_last_layer_long_initialises_only_the_last_layer_long():
+    """The authors' adding script: layer 1 draws u ~ U(0, 2^(1/T)), the last layer U(2^(-1/T), 2^(1/T))."""
+    T = 10
+    stack = CellStack(IndRNN, 2, 4000, num_layers=2, max_len=T, recurrent_init="last_layer_long")
+    first, last = (cell.weight_hh.detach() for cell in stack.cells)
+    assert 0 <= float(first.min()) < 0.01 and float(first.max()) <= 2 ** (1 / T)
+    assert float(last.min()) >= 0.5 ** (1 / T) and float(last.max()) <= 2 ** (1 / T)
+    assert float(last.min()) < 0.5 ** (1 / T) + 0.01  # the whole range is drawn

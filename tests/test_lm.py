@@ -18,10 +18,10 @@ from rnnbench.corpora import DATASETS, EOS, UNK, Vocabulary, load_corpus
 from rnnbench.download import DataError, sha256_of
 from rnnbench.errors import ConfigError
 from rnnbench.lit import build_optimizer
-from rnnbench.registry import CELLS, get_task
-from rnnbench.run import _validate_optim, _validate_trainer
-from rnnbench.schema import check_signature
-from rnnbench.stack import STACK_KEYS, CellStack
+from rnnbench.registry import get_task
+from rnnbench import config as config_schema
+from rnnbench.experiment import check_plugin_options
+from rnnbench.stack import CellStack
 from rnnbench.tasks.lm import LMTask, Windows, batchify, fixed_windows, generate_from_run, variable_windows
 from rnnbench.task import seeded_generator
 
@@ -389,10 +389,8 @@ def test_lm_presets_compose_validate_and_count_epochs_right(preset, train_tokens
     epoch in step_size / val_check_interval) matches the corpus."""
     for cell in ("lstm", "gru"):
         config = compose_config([f"experiment={preset}", f"cell={cell}"])
-        _validate_trainer(config["trainer"])
-        _validate_optim(config["optim"])
-        cell_options = {k: v for k, v in config["cell"].items() if k not in STACK_KEYS}
-        check_signature(CELLS.get(cell), cell_options, ("input_size", "hidden_size"), "cell", cell)
+        config_schema.validate(config)
+        check_plugin_options(config)
         task = LMTask(**{k: v for k, v in config["task"].items() if k != "name"})
     epoch = config["trainer"]["val_check_interval"]
     assert config["trainer"]["max_steps"] % epoch == 0

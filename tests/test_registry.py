@@ -29,7 +29,7 @@ def test_unknown_name_lists_known_names_and_closest_match():
 
 def test_duplicate_name_names_both_modules(tmp_path):
     registry = Registry("cell", "rnnbench.cells", "rnnbench.cells.test-none", base="rnnbench.cell:Cell",
-                        required=("step",))
+                        required=(("step",),))
     step = lambda self, x_t, h: (h, h)  # noqa: E731
     first = type("First", (Cell,), {"__module__": "pkg_a.cells", "step": step})
     second = type("Second", (Cell,), {"__module__": "pkg_b.cells", "step": step})
@@ -154,7 +154,7 @@ BAD_PLUGINS = {
 
 @pytest.mark.parametrize("name, reason", [
     ("notacell", "(bad_plugins.NotACell) does not implement the Cell API of rnnbench.cell: it must be a subclass of Cell"),
-    ("nostep", "(bad_plugins.NoStep) does not implement the Cell API of rnnbench.cell: it must define step()"),
+    ("nostep", "(bad_plugins.NoStep) does not implement the Cell API of rnnbench.cell: it must define recurrence() or step() or step_with_gates()"),
     ("dupe", "cell name 'gru' is registered twice: by rnnbench.cells.gru.GRU and by bad_plugins.dupe.MyGRU"),
     ("broken", "ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
 ])

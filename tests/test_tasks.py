@@ -32,6 +32,9 @@ class GRUStack(nn.Module):
     def forward(self, x, state=None, lengths=None):
         return self.gru(x, state)
 
+    def final_output(self, y, lengths=None):
+        return last_step(y, lengths)
+
 
 class IdentityStack(nn.Module):
     """y = x: lets a test see exactly which steps reach the head."""
@@ -42,6 +45,15 @@ class IdentityStack(nn.Module):
 
     def forward(self, x, state=None, lengths=None):
         return x, state
+
+    def final_output(self, y, lengths=None):
+        return last_step(y, lengths)
+
+
+def last_step(y, lengths=None):
+    """The output at each sequence's last real step (a one-way stack's final output)."""
+    last = torch.full((y.shape[0],), y.shape[1]) if lengths is None else torch.as_tensor(lengths)
+    return y[torch.arange(y.shape[0]), last - 1]
 
 
 def gen(seed: int) -> torch.Generator:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import rnnbench.run
-from rnnbench import cli, records, schema
+from rnnbench import cli, config, records, value_types
 from rnnbench.errors import ConfigError
 
 
@@ -118,10 +118,10 @@ def test_full_disk_is_refused_before_the_run(tmp_path, monkeypatch):
 
 
 def test_type_descriptions():
-    trainer, optim = typing.get_type_hints(schema.TrainerConfig), typing.get_type_hints(schema.OptimConfig)
-    assert schema.describe(trainer["threads"]) == "null or an integer"
-    assert schema.matches(3, float) and not schema.matches(True, int) and not schema.matches("3", int)
-    assert schema.matches(None, optim["grad_clip"]) and not schema.matches([0.9, "x"], optim["betas"])
+    trainer, optim = typing.get_type_hints(config.TrainerConfig), typing.get_type_hints(config.OptimConfig)
+    assert value_types.describe(trainer["threads"]) == "null or an integer"
+    assert value_types.matches(3, float) and not value_types.matches(True, int) and not value_types.matches("3", int)
+    assert value_types.matches(None, optim["grad_clip"]) and not value_types.matches([0.9, "x"], optim["betas"])
 
 
 # --- property-based: random bad overrides --------------------------------------------------
@@ -137,8 +137,8 @@ CHOICE_KEYS = ["trainer.accelerator", "trainer.progress_bar", "trainer.strategy"
 GROUPS = ["cell", "task", "trainer", "optim", "model"]
 # Words Hydra's grammar turns into something else (booleans, null, special floats), and
 # every valid choice of the CHOICE_KEYS.
-SPECIAL = {"true", "false", "null", "nan", "inf", "none", "auto", *schema.ACCELERATORS, *schema.STRATEGIES,
-           *schema.PRECISIONS, "16", "32", "64", "rich", "tqdm", "constant", "cosine", "step", "plateau", "adam", "rmsprop",
+SPECIAL = {"true", "false", "null", "nan", "inf", "none", "auto", *config.ACCELERATORS, *config.STRATEGIES,
+           *config.PRECISIONS, "16", "32", "64", "rich", "tqdm", "constant", "cosine", "step", "plateau", "adam", "rmsprop",
            "sgd"}
 VALID_TOP_LEVEL_INTS = {"seed", "data_seed", "init_seed"}
 
