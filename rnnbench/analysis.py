@@ -1,46 +1,42 @@
-"""Reading run records back: every ``summary.json`` under a results root becomes one
-row of a pandas DataFrame, and :func:`summary_table` turns that into the compact
-per-run table printed at the end of a sweep.
-"""
+"""Run records as a pandas DataFrame: one row per record, nested fields flattened, and the
+compact per-run table printed at the end of a sweep and by ``rnnbench table``."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable, Union
 
 import pandas as pd
 
-from .records import read_records, record_paths
+from .record import RunRecord
+from .store import load_records as load_record_list
 
 
-def load_records(root: str | Path) -> pd.DataFrame:
-    """One row per run record under ``root`` (searched recursively), and per record a
-    sweep job under ``root`` reused from an earlier run (see ``records.REUSED_FILE``).
+def record_row(record: RunRecord) -> dict:
+    """One flat row: the record's plain fields, ``task_params`` (e.g. ``seq_len``), the primary
+    metric's ``test`` and ``val_best``, its ``baseline``, the solved criterion's ``solved_threshold``,
+    every resolved config value as ``config.<dotted key>``; ``length_generalisation`` stays a dict."""
+    data = record.to_dict()
+    metric, metrics = record.metric, record.metrics or {}
+    row = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    row.update(record.task_params or {})
+    row["test"] = as_float((metrics.get("test") or {}).get(metric))
+    row["val_best"] = as_float((metrics.get("val_best") or {}).get(metric))
+    row["baseline"] = as_float((record.baseline or {}).get(metric))
+    row["solved_threshold"] = as_float((record.solved_criterion or {}).get("threshold"))
+    row["length_generalisation"] = metrics.get("length_generalisation")
+    row.update(_flatten(record.config or {}, "config."))
+    return row
 
-    Unreadable records are skipped with a warning naming the file. Nested fields
-    are flattened: ``task_params.seq_len`` -> ``seq_len``, the primary test and
-    best-validation metrics -> ``test`` and ``val_best``, the solved criterion ->
-    ``metric_mode`` and ``solved_threshold``, every resolved config value ->
-    ``config.<dotted key>`` (e.g. ``config.optim.lr``); the per-length results
-    (``metrics.length_generalisation``) stay one dict-valued column.
-    """
-    root = Path(root)
-    rows = []
-    for path, record in read_records(record_paths(root)):
-        metric = record.get("metric")
-        metrics = record.get("metrics") or {}
-        row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
-        row.update(record.get("task_params") or {})
-        row["run_dir"] = record.get("run_dir", str(path.parent))
-        row["test"] = as_float((metrics.get("test") or {}).get(metric))
-        row["val_best"] = as_float((metrics.get("val_best") or {}).get(metric))
-        row["baseline"] = as_float((record.get("baseline") or {}).get(metric))
-        criterion = record.get("solved_criterion") or {}
-        row["metric_mode"], row["solved_threshold"] = criterion.get("mode"), as_float(criterion.get("threshold"))
-        row["length_generalisation"] = metrics.get("length_generalisation")
-        row.update(_flatten(record.get("config") or {}, "config."))
-        rows.append(row)
-    return pd.DataFrame(rows)
+
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    return pd.DataFrame([record_row(r) for r in records])
+
+
+def load_records(root: Union[str, Path]) -> pd.DataFrame:
+    """One row per run record under ``root`` (reused runs of sweep jobs included)."""
+    return records_frame(load_record_list(root))
 
 
 def _flatten(tree: dict, prefix: str) -> dict:
@@ -62,10 +58,11 @@ def as_float(value) -> float:
         return math.nan
 
 
-def summary_table(frame: pd.DataFrame) -> str:
+def summary_table(records) -> str:
     """A plain-text table: one line per run, sorted by task, T, cell and seed."""
-    columns = [c for c in ("task", "seq_len", "cell_preset", "cell", "hidden_size", "bidirectional", "num_layers", "seed",
-                           "status", "metric", "test", "baseline", "solved", "steps", "steps_to_solve",
+    frame = records if isinstance(records, pd.DataFrame) else records_frame(records)
+    columns = [c for c in ("task", "seq_len", "cell_preset", "cell", "hidden_size", "bidirectional", "num_layers",
+                           "seed", "status", "metric", "test", "baseline", "solved", "steps", "steps_to_solve",
                            "params", "tokens_per_s", "wall_time_s") if c in frame.columns]
     sort = [c for c in ("task", "seq_len", "cell_preset", "cell", "seed") if c in frame.columns]
     table = frame[columns].sort_values(sort, kind="stable").rename(columns={"cell_preset": "preset"})

@@ -3,7 +3,7 @@
 Lightning writes checkpoints through fsspec; on a local disk its "transaction" writes
 a temp file in the system temp folder and moves it, which is neither fsynced nor a
 rename within one file system. :class:`AtomicCheckpointIO` writes the temp file next
-to the target and renames it (:func:`rnnbench.records.write_atomic`), so a crash or
+to the target and renames it (:func:`rnnbench.files.write_atomic`), so a crash or
 a full disk mid-save leaves the previous ``last.ckpt`` intact.
 
 Every checkpoint is loaded with ``torch.load(weights_only=True)``: a checkpoint file
@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .errors import CheckpointError
-from .records import write_atomic
+from .files import write_atomic
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

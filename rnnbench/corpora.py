@@ -178,7 +178,7 @@ class Vocabulary:
         return [inverse.get(c, c) for c in text]
 
     def save(self, path: str | os.PathLike) -> None:
-        from .records import write_json_atomic
+        from .files import write_json_atomic
 
         write_json_atomic(path, {"level": self.level, "join": self.join, "replace": self.replace,
                                  "tokens": self.tokens})

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import records
+from .files import write_json_atomic
 from .cell import state_leaves
 from .stack import CellStack
 from .task import Task
@@ -112,7 +112,7 @@ def collect(task: Task, model: nn.Module, batch) -> dict[str, Any]:
 def write(run_dir: Path, task: Task, model: nn.Module, data_seed: int) -> str:
     """Collect on the task's diagnostic batch and write ``run_dir/diagnostics.json``; returns the file name."""
     data = collect(task, model, task.diagnostic_batch(data_seed, DIAGNOSTIC_BATCH))
-    records.write_json_atomic(Path(run_dir) / DIAGNOSTICS_FILE, data)
+    write_json_atomic(Path(run_dir) / DIAGNOSTICS_FILE, data)
     return DIAGNOSTICS_FILE
 
 

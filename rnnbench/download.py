@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ConfigError
-from .records import write_atomic
+from .files import write_atomic
 
 DATA_DIR_VARIABLE = "RNNBENCH_DATA_DIR"
 CACHE_DIR_VARIABLE = "RNNBENCH_CACHE_DIR"
@@ -94,7 +94,7 @@ def corpus_file(
 
 
 def download(url: str, destination: str | os.PathLike, sha256: Optional[str] = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``destination`` atomically (:func:`records.write_atomic`),
+    """Download ``url`` to ``destination`` atomically (:func:`rnnbench.files.write_atomic`),
     verifying ``sha256`` if given: a mismatch leaves nothing behind."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -42,17 +42,19 @@ def length_generalisation(task_config: dict, task: Task, model: nn.Module, data_
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: nn.Module, loader) -> dict[str, float]:
-    """The task's metrics over every batch of ``loader``, each weighted by ``task.metric_weight``
-    (as validation and test weigh them), in eval mode."""
+def evaluate(task: Task, model: nn.Module, loader, stage: str = "test") -> dict[str, float]:
+    """The task's metrics over every batch of ``loader`` as Lightning's test loop computes
+    them, in eval mode: each batch weighted by ``task.metric_weight``, then the corpus-level
+    metrics of ``task.eval_epoch_end`` (perplexity, BLEU ...) from those means."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    task.eval_epoch_start(stage)
     totals: dict[str, float] = {}
     count = 0
     try:
         for batch in loader:
-            batch = tuple(part.to(device) for part in batch)
+            batch = tuple(part.to(device) if isinstance(part, torch.Tensor) else part for part in batch)
             weight = task.metric_weight(batch)
             _, metrics = task.loss_and_metrics(model, batch)
             for name, value in metrics.items():
@@ -60,4 +62,5 @@ def evaluate(task: Task, model: nn.Module, loader) -> dict[str, float]:
             count += weight
     finally:
         model.train(was_training)
-    return {name: total / count for name, total in totals.items()}
+    means = {name: total / count for name, total in totals.items()}
+    return {**means, **{name: float(value) for name, value in task.eval_epoch_end(stage, means).items()}}

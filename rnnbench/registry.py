@@ -148,6 +148,11 @@ class Registry(Generic[T]):
             f"'{self.entry_point_group}' entry point.)"
         )
 
+    def is_loaded(self, name: str) -> bool:
+        """True if ``name`` is registered already (a plugin that was asked for, or a built-in)."""
+        self.load_builtins()
+        return name in self._classes
+
     def __contains__(self, name: str) -> bool:
         return name in self.names()
 

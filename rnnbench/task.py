@@ -133,6 +133,15 @@ class Task:
         (the record's ``artifacts``). Only rank 0 calls it. Default: nothing."""
         return {}
 
+    def generate(self, model: nn.Module, prompt: str, length: int, temperature: float,
+                 generator: torch.Generator) -> str:
+        """Text sampled from a trained model (``rnnbench generate RUN_DIR``); only tasks that
+        model text implement it."""
+        from .errors import ConfigError
+
+        raise ConfigError(f"task {self.name!r} does not generate text; `rnnbench generate` needs a run of a task "
+                          f"that models text (task=lm).")
+
     def load_artifacts(self, run_dir) -> None:
         """Before a finished run's model is rebuilt (:func:`rnnbench.experiment.load_run`),
         restore what :meth:`write_artifacts` saved that the model depends on (e.g. a

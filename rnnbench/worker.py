@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .records import CONFIG_FILE
+from .experiment import CONFIG_FILE
 from .run import run_job
 
 

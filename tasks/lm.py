@@ -326,6 +326,19 @@ class LMTask(Task):
     def eval_epoch_end(self, stage: str, means: dict[str, float]) -> dict[str, float]:
         return {self.metric: self.from_loss(means["loss"])} if "loss" in means else {}
 
+    def load_artifacts(self, run_dir) -> None:
+        """A finished run's vocabulary (``vocab.json``): its model can be rebuilt without the corpus."""
+        path = Path(run_dir) / VOCAB_FILE
+        if not path.is_file():
+            raise ConfigError(f"{run_dir} has no {VOCAB_FILE}: give the directory of a finished `task=lm` run "
+                              f"(it writes {VOCAB_FILE} after testing).")
+        self.use_vocabulary(Vocabulary.load(path))
+
+    def generate(self, model: nn.Module, prompt: str, length: int, temperature: float,
+                 generator: torch.Generator) -> str:
+        check(is_int(length) and length >= 0, "--length", length, "an integer >= 0")
+        return sample(model, self.vocab, prompt, length, temperature, generator)
+
     def write_artifacts(self, model: nn.Module, run_dir, data_seed: int) -> dict:
         run_dir = Path(run_dir)
         self.vocab.save(run_dir / VOCAB_FILE)
@@ -369,34 +382,9 @@ def sample(model: LanguageModel, vocab: Vocabulary, prompt: str, length: int, te
 
 def generate_from_run(run_dir: str | Path, prompt: str = "", length: int = 200, temperature: float = 1.0,
                       seed: int = 0) -> str:
-    """Sample from a finished ``lm`` run: rebuild its model from ``config.yaml`` and
-    ``vocab.json`` (no corpus needed), load the weights of ``checkpoints/best.ckpt``
-    (else ``last.ckpt``) with :func:`rnnbench.checkpoints.read_checkpoint`, and sample on the CPU."""
-    from omegaconf import OmegaConf
+    """Sample from a finished ``lm`` run (:func:`rnnbench.experiment.load_run`: its model from
+    ``config.yaml`` and ``vocab.json``, no corpus needed, the weights of ``best.ckpt``), on the CPU."""
+    from rnnbench.experiment import load_run
 
-    from rnnbench.checkpoints import read_checkpoint
-    from rnnbench.records import CONFIG_FILE
-    from rnnbench.run import build_experiment
-
-    run_dir = Path(run_dir)
-    check(is_int(length) and length >= 0, "--length", length, "an integer >= 0")
-    for needed in (CONFIG_FILE, VOCAB_FILE):
-        if not (run_dir / needed).is_file():
-            raise ConfigError(f"{run_dir} has no {needed}: give the directory of a finished `task=lm` run "
-                              f"(it writes {CONFIG_FILE} at the start and {VOCAB_FILE} after testing).")
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=True)
-    if config["task"]["name"] != "lm":
-        raise ConfigError(f"{run_dir} is a run of task {config['task']['name']!r}; only `lm` runs generate text.")
-    # Sample on this machine's CPU, whatever the run trained on.
-    config["trainer"] = {**config["trainer"], "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1}
-    task = LMTask(**{k: v for k, v in config["task"].items() if k != "name"})
-    task.use_vocabulary(Vocabulary.load(run_dir / VOCAB_FILE))
-    model = build_experiment(config, task=task).model
-    checkpoints = [run_dir / "checkpoints" / name for name in ("best.ckpt", "last.ckpt")]
-    checkpoint = next((p for p in checkpoints if p.is_file()), None)
-    if checkpoint is None:
-        raise ConfigError(f"{run_dir} has no checkpoints/best.ckpt or last.ckpt (was it run with "
-                          f"trainer.checkpoint=false?).")
-    weights = read_checkpoint(checkpoint)["state_dict"]
-    model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
-    return sample(model, task.vocab, prompt, length, temperature, seeded_generator(seed))
+    experiment = load_run(run_dir)
+    return experiment.task.generate(experiment.model, prompt, length, temperature, seeded_generator(seed))

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from rnnbench import parallel_data as pd
 from rnnbench.errors import check, is_int
-from rnnbench.records import write_json_atomic
+from rnnbench.files import write_json_atomic
 from rnnbench.registry import register_task
 from rnnbench.seq2seq import ATTENTIONS, Seq2Seq
 from rnnbench.task import FIXED_TRAIN_STREAM, TEST_STREAM, TRAIN_STREAM, VAL_STREAM, Task, seeded_generator

@@ -10,7 +10,7 @@ from conftest import compose_config
 from rnnbench import diagnostics
 from rnnbench.errors import ConfigError
 from rnnbench.evaluation import evaluate, length_generalisation
-from rnnbench.run import build_experiment
+from rnnbench.experiment import build_experiment
 from rnnbench.task import seeded_generator
 from rnnbench.tasks.adding import AddingTask
 

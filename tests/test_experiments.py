@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from rnnbench.run import build_experiment
+from rnnbench.experiment import build_experiment
 
 EXPERIMENTS = sorted(p.name[:-5] for p in files("rnnbench.conf").joinpath("experiment").iterdir()
                      if p.name.endswith(".yaml"))
@@ -53,7 +53,7 @@ def test_long_range_quick_covers_every_cell_and_fits_two_cores():
     assert set(params.task.split(",")) == {"adding", "copy_small"} and len(params.seed.split(",")) == 3
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs * cfg.trainer.threads <= 2
-    assert cfg.hydra.callbacks.report._target_ == "rnnbench.report.SweepReport"
+    assert cfg.hydra.callbacks.sweep.report is True
 
 
 def test_slurm_launcher_follows_the_trainer():

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import TINY, compose_config, run_cli, summaries
-from rnnbench import records
+from rnnbench import store
 from rnnbench.analysis import load_records
+from rnnbench.files import write_json_atomic
 from rnnbench.checkpoints import AtomicCheckpointIO, read_checkpoint
 from rnnbench.errors import CheckpointError, ConfigError
 from rnnbench.run import run_job
@@ -43,6 +44,10 @@ class FaultyAdding(AddingTask):
             self.steps_taken += 1
             kind, _, step = os.environ.get("RNNBENCH_TEST_FAULT", "").partition("@")
             if step and self.steps_taken > int(step):
+                if kind == "int":
+                    # A Ctrl-C, whatever this process inherited: a background job of a script
+                    # starts with SIGINT ignored, and Python keeps it so.
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
                 os.kill(os.getpid(), {"kill": signal.SIGKILL, "int": signal.SIGINT}[kind])
             if self.fail_at_step is not None and self.steps_taken > self.fail_at_step:
                 raise RuntimeError("injected fault")
@@ -71,7 +76,7 @@ def run_dirs(root):
 def test_killed_run_resumes_to_the_result_of_an_uninterrupted_run(workdir, faulty):
     args = [*faulty, "trainer.max_steps=30", "cell=stacked_gru", "cell.num_layers=2"]  # dropout 0.1: RNG matters
     cfg = compose_config([*args, f"results_dir={workdir / 'reference'}"], resolved=False)
-    reference = run_job(cfg, workdir / "reference" / "run")
+    reference = run_job(cfg, workdir / "reference" / "run").record.to_dict()
     assert reference["status"] == "finished" and reference["steps"] == 30
 
     killed = run_cli(args, workdir, env={"RNNBENCH_TEST_FAULT": "kill@15"})
@@ -98,8 +103,9 @@ def test_ctrl_c_is_recorded_as_interrupted_and_the_rerun_resumes(workdir, faulty
     assert record["status"] == "interrupted" and "KeyboardInterrupt" in record["error"]
     assert "Traceback" not in interrupted.stderr
 
-    again = run_job(faulty_config(workdir, faulty), workdir / "unused")  # the same command, in-process
-    assert again["status"] == "finished" and again["resumed_from_step"] == 10 and again["steps"] == 20
+    result = run_job(faulty_config(workdir, faulty), workdir / "unused")  # the same command, in-process
+    again = result.record.to_dict()
+    assert result.reused == "resumed" and again["status"] == "finished" and again["resumed_from_step"] == 10 and again["steps"] == 20
     assert again["run_dir"] == record["run_dir"] and not (workdir / "unused").exists()
 
 
@@ -121,7 +127,7 @@ def test_sweep_records_failures_goes_on_and_a_rerun_skips_what_finished(workdir,
     assert "skipping: the same config" in second.stdout + second.stderr
     # The skipped job's folder in the second sweep points at the record it reused, so the
     # second sweep's table (and report) still covers both jobs.
-    pointers = list((workdir / "results" / "sweeps").rglob(records.REUSED_FILE))
+    pointers = list((workdir / "results" / "sweeps").rglob(store.REUSED_FILE))
     assert len(pointers) == 1
     assert json.loads(pointers[0].read_text())["run_dir"] == by_status["finished"]["run_dir"]
     second_sweep = pointers[0].parent.parent
@@ -129,9 +135,11 @@ def test_sweep_records_failures_goes_on_and_a_rerun_skips_what_finished(workdir,
     assert f"rnnbench: 2 runs in {second_sweep.relative_to(workdir)}" in second.stdout
     assert len(load_records(workdir / "results")) == 3  # each record once for the whole root
 
-    skipped = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null"]), workdir / "unused")
-    assert skipped["skipped"] and skipped["run_dir"] == by_status["finished"]["run_dir"]
-    forced = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null", "force=true"]), workdir / "forced")
+    result = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null"]), workdir / "unused")
+    skipped = result.record.to_dict()
+    assert result.reused == "skipped" and skipped["run_dir"] == by_status["finished"]["run_dir"]
+    forced = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null", "force=true"]),
+                     workdir / "forced").record.to_dict()
     assert forced["status"] == "finished" and forced["run_dir"] == str(workdir / "forced")
     assert forced["config_hash"] == skipped["config_hash"] and len(run_dirs(workdir / "results")) == 3
     assert forced["metrics"] == skipped["metrics"]  # the same config and seeds on the CPU: the same numbers
@@ -150,7 +158,7 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path)
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    records.write_json_atomic(run_dir / "summary.json", {"status": "running", "config_hash": "x"})
+    write_json_atomic(run_dir / "summary.json", {"status": "running", "config_hash": "x"})
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match=r"last.ckpt cannot be loaded: it is truncated, corrupt"):
         run_job(cfg, run_dir)
@@ -186,14 +194,14 @@ def test_corrupt_record_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
     good, torn, odd = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for folder in (good, torn, odd):
         folder.mkdir()
-    records.write_json_atomic(good / "summary.json", {"cell": "gru", "task": "adding", "status": "finished",
+    write_json_atomic(good / "summary.json", {"cell": "gru", "task": "adding", "status": "finished",
                                                       "config_hash": "h", "metric": "mse"})
     (torn / "summary.json").write_text('{"cell": "gru", "status": "fini')
     (odd / "summary.json").write_text("[1, 2]")
     with caplog.at_level(logging.WARNING):
         frame = load_records(tmp_path)
-        found = list(records.find_records(tmp_path, "h"))
-    assert list(frame["cell"]) == ["gru"] and [p.parent for p, _ in found] == [good]
+        found = [p for p, r in store.read_records(store.record_paths(tmp_path)) if r.config_hash == "h"]
+    assert list(frame["cell"]) == ["gru"] and [p.parent for p in found] == [good]
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert str(torn / "summary.json") in warned and str(odd / "summary.json") in warned
 
@@ -201,7 +209,7 @@ def test_corrupt_record_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
 def test_a_finished_record_is_never_overwritten(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    records.write_json_atomic(run_dir / "summary.json", {"status": "finished", "config_hash": "another"})
+    write_json_atomic(run_dir / "summary.json", {"status": "finished", "config_hash": "another"})
     with pytest.raises(ConfigError, match=r"already holds a finished run record; refusing to overwrite it"):
         run_job(tiny_config(tmp_path, "force=true"), run_dir)
     assert json.loads((run_dir / "summary.json").read_text()) == {"status": "finished", "config_hash": "another"}

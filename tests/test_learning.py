@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import compose_config
-from rnnbench.run import build_experiment
+from rnnbench.experiment import build_experiment
 
 PRESETS = sorted(p.name[:-5] for p in files("rnnbench.conf").joinpath("cell").iterdir() if p.name.endswith(".yaml"))
 

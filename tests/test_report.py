@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, run_cli, summaries
-from rnnbench import records
+from rnnbench.files import write_json_atomic
+from rnnbench.record import SUMMARY_FILE
 from rnnbench.errors import ConfigError
 from rnnbench.report import build_report, main, mean_ci
 
@@ -29,7 +30,7 @@ def _record(root: Path, name: str, *, cell="gru", T=10, seed=0, status="finished
             tokens_per_s=1000.0, error=None) -> None:
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    records.write_json_atomic(run_dir / records.SUMMARY_FILE, {
+    write_json_atomic(run_dir / SUMMARY_FILE, {
         "run_dir": str(run_dir), "cell": cell, "cell_preset": cell, "task": "adding",
         "task_params": {"seq_len": T, "placement": "halves"}, "seed": seed, "status": status, "error": error,
         "solved": solved, "metric": "mse", "metrics": {"test": {"mse": mse}} if mse is not None else {},
@@ -102,7 +103,7 @@ def _text_record(root: Path, name: str, *, task: str, dataset: str, metric: str,
     """A language-modelling or translation record: no seq_len, a dataset."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    records.write_json_atomic(run_dir / records.SUMMARY_FILE, {
+    write_json_atomic(run_dir / SUMMARY_FILE, {
         "run_dir": str(run_dir), "cell": "gru", "cell_preset": "gru", "task": task,
         "task_params": {"dataset": dataset}, "seed": seed, "status": "finished", "error": None, "solved": solved,
         "metric": metric, "metrics": {"test": {metric: value}}, "baseline": {}, "params": 5000, "tokens_per_s": 900.0,
@@ -125,7 +126,7 @@ def test_language_modelling_and_translation_records_per_dataset(tmp_path, capsys
     _record(root, "adding", T=10, mse=0.004, solved=True)
     # Refused before it started (as cli._record_config_error writes it): no criterion, no task_params.
     (root / "refused").mkdir()
-    records.write_json_atomic(root / "refused" / records.SUMMARY_FILE, {
+    write_json_atomic(root / "refused" / SUMMARY_FILE, {
         "cell": "sru", "task": "adding", "seed": 0, "status": "failed", "error": "ConfigError: bad",
         "config": {"cell": {"name": "sru"}, "task": {"seq_len": 10}}})
 

@@ -11,7 +11,7 @@ from conftest import compose_config
 from rnnbench.errors import ConfigError
 from rnnbench.models import count_parameters
 from rnnbench.registry import CELLS
-from rnnbench.run import build_experiment
+from rnnbench.experiment import build_experiment
 from rnnbench.stack import CellStack
 
 BUILTIN_CELLS = ("gru", "lstm", "rnn", "indrnn", "sru")

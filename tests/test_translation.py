@@ -344,8 +344,8 @@ def test_short_synthetic_run_translates_dates(workdir):
     (record,) = summaries(workdir / "results")
     test = record["metrics"]["test"]
     assert test["exact_match"] >= 0.8 and test["bleu"] >= 85, test
-    assert record["bleu_signature"].startswith("nrefs:1|case:lc|eff:no|tok:13a")
-    assert record["bleu_by_source_length"] and record["attention_maps"] == "attention"
+    assert record["artifacts"]["bleu_signature"].startswith("nrefs:1|case:lc|eff:no|tok:13a")
+    assert record["artifacts"]["bleu_by_source_length"] and record["artifacts"]["attention_maps"] == "attention"
     run_dir = Path(record["run_dir"])
     if not run_dir.is_absolute():
         run_dir = workdir / run_dir

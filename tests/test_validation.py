@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import rnnbench.run
-from rnnbench import cli, config, records, value_types
+from rnnbench import cli, config, files, value_types
 from rnnbench.errors import ConfigError
 
 
@@ -112,9 +112,9 @@ def test_full_disk_is_refused_before_the_run(tmp_path, monkeypatch):
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(records.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
     with pytest.raises(ConfigError, match=r"has only 1.0 MiB free; a run needs at least 64 MiB"):
-        records.check_results_dir(tmp_path)
+        files.check_results_dir(tmp_path)
 
 
 def test_type_descriptions():
