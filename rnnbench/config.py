@@ -175,6 +175,8 @@ class RunConfig:
     tuning: Optional[str] = option(None, "a tuned.yaml written by a tuning sweep: its settings for this cell "
                                          "preset and task preset are applied (rnnbench.tuning)")
     deviations: list[str] = option(factory=list, help="where a paper preset differs from its authors' setup")
+    stage: Optional[str] = option(None, "the stage of a comparison protocol this run belongs to (tune, horizon); "
+                                        "set by the protocol's sweepers, null for a plain run")
 
 
 GROUPS = {"trainer": TrainerConfig, "optim": OptimConfig, "model": ModelConfig, "logger": LoggerConfig}
