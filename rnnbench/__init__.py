@@ -6,8 +6,11 @@ Public API for plugin authors::
 """
 
 from .cell import Cell, State
+from .protocol import register_with_hydra
 from .registry import CELLS, TASKS, load_plugin_file, register_cell, register_task
 from .task import SyntheticTask, Task
+
+register_with_hydra()  # rnnbench's sweepers (hydra/sweeper=tune|horizon|protocol) on Hydra's plugin path
 
 __version__ = "0.1.0"
 

@@ -97,7 +97,9 @@ def hydra_app(cfg: DictConfig):
 
 def job_summary(record: RunRecord) -> dict:
     """A job's return value for Hydra sweepers (plain values, picklable across processes)."""
-    return {"status": record.status, "metric": record.metric, "test": record.test_score, "solved": record.solved,
+    return {"status": record.status, "cell_preset": record.cell_preset, "task_preset": record.task_preset,
+            "metric": record.metric, "metric_mode": record.metric_mode, "test": record.test_score,
+            "solved": record.solved,
             "val_best": (record.metrics.get("val_best") or {}).get(record.metric) if record.metric else None,
             "steps_to_solve": record.steps_to_solve, "run_dir": record.run_dir, "error": record.error}
 
