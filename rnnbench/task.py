@@ -168,6 +168,10 @@ def seeded_generator(*seeds: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
+# How a fixed training set (train_size) is read each epoch: reshuffled into full batches, or in
+# its order with the last partial batch (as the TCN repository's scripts do).
+TRAIN_ORDERS = ("shuffled", "in_order")
+
 # Distinct streams so that train, validation and test data never coincide.
 TRAIN_STREAM, VAL_STREAM, TEST_STREAM, FIXED_TRAIN_STREAM = 1, 2, 3, 4
 
@@ -204,7 +208,8 @@ class SyntheticTask(Task):
     """A task whose data come from ``make_batch(n, generator)``.
 
     ``val_size`` / ``test_size`` sequences are generated once from the data seed;
-    ``train_size`` null means fresh training data every step.
+    ``train_size`` null means fresh training data every step; a fixed set is read
+    ``train_order`` ``shuffled`` (full batches, reshuffled every epoch) or ``in_order``.
     """
 
     def __init__(
@@ -214,6 +219,7 @@ class SyntheticTask(Task):
         val_size: int = 1000,
         test_size: int = 1000,
         train_size: Optional[int] = None,
+        train_order: str = "shuffled",
         solved_threshold: Optional[float] = None,
         eval_lengths: Optional[Sequence[int]] = None,
     ):
@@ -231,7 +237,9 @@ class SyntheticTask(Task):
         )
         self.val_size = val_size
         self.test_size = test_size
+        check(train_order in TRAIN_ORDERS, "task.train_order", train_order, f"one of {', '.join(TRAIN_ORDERS)}")
         self.train_size = train_size
+        self.train_order = train_order
         self.eval_lengths = tuple(eval_lengths or ())
 
     def make_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -250,6 +258,8 @@ class SyntheticTask(Task):
         # A fixed training set, the same on every rank; DistributedSampler (added by
         # Lightning under DDP) splits it between ranks.
         inputs, targets = self.make_batch(self.train_size, seeded_generator(data_seed, FIXED_TRAIN_STREAM))
+        if self.train_order == "in_order":  # the TCN scripts: the set in order, its last partial batch too
+            return DataLoader(TensorDataset(inputs, targets), batch_size=self.batch_size, shuffle=False)
         shuffle = seeded_generator(data_seed, FIXED_TRAIN_STREAM, 1)
         return DataLoader(TensorDataset(inputs, targets), batch_size=self.batch_size, shuffle=True,
                           generator=shuffle, drop_last=True)

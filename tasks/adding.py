@@ -58,12 +58,14 @@ class AddingTask(SyntheticTask):
         val_size: int = 1000,
         test_size: int = 1000,
         train_size: Optional[int] = None,
+        train_order: str = "shuffled",
         solved_threshold: Optional[float] = 0.01,
         eval_lengths: Optional[Sequence[int]] = None,
     ):
         super().__init__(
             batch_size=batch_size, val_size=val_size, test_size=test_size,
-            train_size=train_size, solved_threshold=solved_threshold, eval_lengths=eval_lengths,
+            train_size=train_size, train_order=train_order, solved_threshold=solved_threshold,
+            eval_lengths=eval_lengths,
         )
         # Two distinct marker positions (one per half for "halves") need T >= 2.
         check(is_int(seq_len) and seq_len >= 2, "task.seq_len", seq_len, "an integer >= 2")

@@ -12,11 +12,13 @@ delimiter. With ``T = seq_len``, a sequence has ``L = T + 2K`` steps:
 where ``s_i`` are drawn independently and uniformly from ``1..N``. The model sees
 the inputs one-hot (``N+2`` features per step, done by the model's encoder; the
 batches hold token ids) and predicts one of ``N+1`` classes (blank or a symbol;
-the delimiter is never a target) at every step.
+the delimiter is never a target) at every step; ``n_classes`` may add classes that
+are never targets (the TCN repository's scripts predict 10 digits).
 
 Loss: cross-entropy averaged over all ``L`` steps (as in the paper). Metrics:
 ``recall_acc``, the accuracy on the ``K`` recalled symbols only (the primary
-metric: a memoryless model gets every other step right); ``acc`` over all steps.
+metric by default: a memoryless model gets every other step right); ``acc`` over
+all steps. ``metric`` picks the headline metric (the TCN paper reports ``loss``).
 
 Memoryless baseline (paper): predict blank for the first ``T+K`` steps and a
 uniform guess over the ``N`` symbols for the last ``K``; its cross-entropy is
@@ -39,6 +41,7 @@ from rnnbench.registry import register_task
 from rnnbench.task import SyntheticTask
 
 BLANK = 0
+METRICS = {"recall_acc": "max", "acc": "max", "loss": "min"}  # a headline metric and its better direction
 
 
 @register_task("copy")
@@ -57,24 +60,34 @@ class CopyTask(SyntheticTask):
         seq_len: int = 100,
         copy_len: int = 10,
         n_symbols: int = 8,
+        n_classes: Optional[int] = None,
+        metric: str = "recall_acc",
         batch_size: int = 64,
         val_size: int = 1000,
         test_size: int = 1000,
         train_size: Optional[int] = None,
+        train_order: str = "shuffled",
         solved_threshold: Optional[float] = 0.99,
         eval_lengths: Optional[Sequence[int]] = None,
     ):
         super().__init__(
             batch_size=batch_size, val_size=val_size, test_size=test_size,
-            train_size=train_size, solved_threshold=solved_threshold, eval_lengths=eval_lengths,
+            train_size=train_size, train_order=train_order, solved_threshold=solved_threshold,
+            eval_lengths=eval_lengths,
         )
         check(is_int(seq_len) and seq_len >= 1, "task.seq_len", seq_len, "an integer >= 1")
         check(is_int(copy_len) and copy_len >= 1, "task.copy_len", copy_len, "an integer >= 1")
         # One symbol would make the task trivial: a memoryless model recalls it.
         check(is_int(n_symbols) and n_symbols >= 2, "task.n_symbols", n_symbols, "an integer >= 2")
+        check(n_classes is None or (is_int(n_classes) and n_classes >= n_symbols + 1), "task.n_classes", n_classes,
+              f"null (blank and the {n_symbols} symbols: {n_symbols + 1}) or an integer >= {n_symbols + 1}")
+        check(metric in METRICS, "task.metric", metric, f"one of {', '.join(METRICS)}")
         self.seq_len = seq_len
         self.copy_len = copy_len
         self.n_symbols = n_symbols
+        self.n_classes = n_symbols + 1 if n_classes is None else n_classes
+        self.metric = metric
+        self.metric_mode = METRICS[metric]
         self.delimiter = n_symbols + 1
         self.total_len = seq_len + 2 * copy_len  # L = T + 2K
 
@@ -110,8 +123,7 @@ class CopyTask(SyntheticTask):
     # --- model, loss, metrics ------------------------------------------------------------
     def build_model(self, make_stack) -> SequenceModel:
         n_inputs = self.n_symbols + 2   # blank, N symbols, delimiter
-        n_classes = self.n_symbols + 1  # blank, N symbols
-        return SequenceModel(make_stack, n_inputs, n_classes, readout="all", encoder=OneHot(n_inputs))
+        return SequenceModel(make_stack, n_inputs, self.n_classes, readout="all", encoder=OneHot(n_inputs))
 
     def loss_and_metrics(self, model, batch) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, targets = batch

@@ -349,3 +349,19 @@ def test_count_parameters_counts_trainable_only():
     assert count_parameters(model) == gru + head
     model.head.weight.requires_grad_(False)
     assert count_parameters(model) == gru + 2
+
+
+def test_copy_headline_metric_and_extra_classes():
+    """The TCN scripts' copy task: 10 output classes, the loss as the headline metric."""
+    task = CopyTask(seq_len=5, copy_len=2, n_classes=10, metric="loss", solved_threshold=0.05)
+    assert (task.metric, task.metric_mode) == ("loss", "min")
+    model = task.build_model(lambda n: GRUStack(n))
+    inputs, targets = task.make_batch(3, gen(0))
+    assert model(inputs).shape == (3, 5 + 4, 10)
+    loss, metrics = task.loss_and_metrics(model, (inputs, targets))
+    assert float(metrics["loss"]) == float(loss) > 0.05
+    assert task.is_solved({"loss": 0.04}) and not task.is_solved({"loss": 0.06})  # the threshold is on the loss
+    with pytest.raises(ConfigError, match="task.n_classes=8 is invalid"):
+        CopyTask(n_classes=8)  # blank + 8 symbols need 9
+    with pytest.raises(ConfigError, match="task.metric='bleu' is invalid"):
+        CopyTask(metric="bleu")
