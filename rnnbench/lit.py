@@ -49,7 +49,13 @@ class BenchModule(pl.LightningModule):
         if connector is None or getattr(connector, "should_update_logs", True):
             for name, value in metrics.items():
                 self.log(f"train/{name}", value, prog_bar=(name == "loss"), on_step=True, on_epoch=False)
+            self._log_step(self.global_step + 1)  # after this batch's update
         return loss
+
+    def _log_step(self, steps_done: int, **kwargs) -> None:
+        """metrics.csv's ``step`` column: optimiser steps done, the record's unit (a logged metric
+        named ``step`` is Lightning's x-axis; its own would be the batch index, one less)."""
+        self.log("step", float(steps_done), **kwargs)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # After the optimiser step: cells with constrained parameters project them
@@ -73,6 +79,7 @@ class BenchModule(pl.LightningModule):
         extra = self.task.eval_epoch_end(stage, means)
         for name, value in extra.items():
             self.log(prefix + name, float(value), sync_dist=True, prog_bar=(name == self.task.metric))
+        self._log_step(self.trainer.global_step)
         metric = {**means, **extra}.get(self.task.metric)
         if stage == "val" and self.plateau is not None and metric is not None and not self.trainer.sanity_checking:
             self.plateau.step(metric)

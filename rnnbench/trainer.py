@@ -65,6 +65,11 @@ class RunTracker(pl.Callback):
             self.train_time_s += time.perf_counter() - self._t0
         # Every rank trains on a batch of the same size: the tokens of all ranks.
         self.train_tokens += self.task.count_tokens(batch) * trainer.world_size
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            # Stopping at the last step makes Lightning validate it inside fit (as it does when
+            # max_time stops a run), so the final weights are validated, checkpointed and can
+            # be the best, wherever the last step falls in the validation interval.
+            trainer.should_stop = True
 
     @property
     def tokens_per_s(self) -> Optional[float]:
