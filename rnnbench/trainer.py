@@ -13,6 +13,7 @@ config groups, and the callbacks that watch a run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -181,7 +182,10 @@ def loggers(logger: dict, run_dir: Path) -> list:
     elif logger["name"] == "mlflow":
         from pytorch_lightning.loggers import MLFlowLogger
 
-        uri = logger["tracking_uri"] or (run_dir / "mlruns").resolve().as_uri()
+        uri = logger["tracking_uri"]
+        if uri is None:  # a file store in the run directory: no server, no database package
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow >= 3 asks for this opt-in
         chosen.append(MLFlowLogger(experiment_name=logger["experiment_name"], tracking_uri=uri,
                                    run_name=run_dir.name))
     return chosen
