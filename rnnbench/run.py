@@ -110,17 +110,17 @@ def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: Optional[dict]
 
     record = new_record(exp, run_dir, world_size, presets)
     reuse = config["resume"] and not config["force"]
-    reused = None
+    previous = None
     # Only the process that owns the job decides; the ranks it starts get the chosen run_dir.
     if reuse and is_rank_zero and not distributed.launched_externally():
         previous = store.find_previous_run(config["results_dir"], record.config_hash)
-        if previous is not None and previous.action == "skip":
-            log.info("skipping: the same config (hash %s) already has a %s run record in %s (force=true runs it "
-                     "again)", record.config_hash, previous.record.status, previous.run_dir)
-            return JobResult(previous.record, reused="skipped")
-        if previous is not None:
-            run_dir, reused = previous.run_dir, "resumed"
-            record.run_dir, record.started_at = str(run_dir), previous.record.started_at or record.started_at
+    if previous is not None and previous.action == "skip":
+        log.info("skipping: the same config (hash %s) already has a %s run record in %s (force=true runs it again)",
+                 record.config_hash, previous.record.status, previous.run_dir)
+        return JobResult(previous.record, reused="skipped")
+    if previous is not None:
+        run_dir = previous.run_dir
+        record.run_dir, record.started_at = str(run_dir), previous.record.started_at or record.started_at
     resume_from = run_dir / store.LAST_CHECKPOINT if reuse and (run_dir / store.LAST_CHECKPOINT).is_file() else None
     start_step = 0
     if resume_from is not None:
@@ -130,33 +130,37 @@ def run_job(cfg: DictConfig | dict, run_dir: str | Path, presets: Optional[dict]
             log.info("resuming %s from %s (step %d)", run_dir, resume_from, start_step)
     if is_rank_zero:
         _claim(run_dir, config, record)
-
     needs_local_ranks = (t["strategy"] in ("ddp", "ddp_find_unused_parameters_true") and world_size > 1
                          and not distributed.launched_externally())
-    launcher = distributed.local_ranks(run_dir, world_size) if needs_local_ranks else nullcontext()
+    with distributed.local_ranks(run_dir, world_size) if needs_local_ranks else nullcontext():
+        _run_and_record(exp, run_dir, record, resume_from, start_step, write=is_rank_zero)
+    return JobResult(record, "resumed" if previous is not None else None)
+
+
+def _run_and_record(exp: Experiment, run_dir: Path, record: RunRecord, resume_from: Optional[Path],
+                    start_step: int, write: bool) -> None:
+    """Train and test, and record how it ended, whatever happens (written if ``write``)."""
     started = time.perf_counter()
-    with launcher:
-        try:
-            _train_and_test(exp, run_dir, record, resume_from, start_step)
-            record.status = "finished"
-        except DivergedError as exc:
-            record.status, record.error, record.diverged_at_step = "diverged", str(exc), exc.step
-        except KeyboardInterrupt:
-            record.status, record.error = "interrupted", "KeyboardInterrupt"
-            raise
-        except SystemExit as exc:  # Lightning exits after handling Ctrl-C
-            record.status, record.error = "interrupted", f"SystemExit({exc.code}) after KeyboardInterrupt"
-            raise
-        except Exception as exc:
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-            record.traceback = traceback.format_exc(limit=20)
-            raise
-        finally:
-            record.wall_time_s = round(time.perf_counter() - started, 3)
-            record.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            if is_rank_zero:
-                record.write(run_dir)
-    return JobResult(record, reused)
+    try:
+        _train_and_test(exp, run_dir, record, resume_from, start_step)
+        record.status = "finished"
+    except DivergedError as exc:
+        record.status, record.error, record.diverged_at_step = "diverged", str(exc), exc.step
+    except KeyboardInterrupt:
+        record.status, record.error = "interrupted", "KeyboardInterrupt"
+        raise
+    except SystemExit as exc:  # Lightning exits after handling Ctrl-C
+        record.status, record.error = "interrupted", f"SystemExit({exc.code}) after KeyboardInterrupt"
+        raise
+    except Exception as exc:
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.traceback = traceback.format_exc(limit=20)
+        raise
+    finally:
+        record.wall_time_s = round(time.perf_counter() - started, 3)
+        record.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if write:
+            record.write(run_dir)
 
 
 def _claim(run_dir: Path, config: dict, record: RunRecord) -> None:
