@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -190,8 +191,9 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, Optional[str]]:
-    """Versions of the software that produced a result."""
+    """Versions of the software that produced a result (once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found: dict[str, Optional[str]] = {"python": platform.python_version()}
@@ -203,8 +205,10 @@ def versions() -> dict[str, Optional[str]]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> Optional[dict[str, Any]]:
-    """The git commit of the rnnbench source tree (and whether it had local changes), if any."""
+    """The git commit of the rnnbench source tree (and whether it had local changes), if any;
+    once per process (a sweep's worker runs many jobs of the same code)."""
     source = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,

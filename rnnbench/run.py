@@ -17,6 +17,7 @@ The record (:class:`rnnbench.record.RunRecord`) is written at the start (status
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -80,7 +81,7 @@ def new_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict) -
         deterministic=bool(t["deterministic"]) or t["accelerator"] == "cpu",
         config_hash=config_hash(cfg), config=cfg,
         protocol=tuning.provenance(cfg, presets), deviations=list(cfg["deviations"]),
-        versions=versions(), git_commit=git_commit(), pid=os.getpid(), host=socket.gethostname(),
+        versions=dict(versions()), git_commit=copy.copy(git_commit()), pid=os.getpid(), host=socket.gethostname(),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
 

@@ -103,7 +103,7 @@ def find_previous_run(results_dir: str | os.PathLike, config_hash: str) -> Optio
     if not root.is_dir():
         return None
     resumable = None
-    for path, record in read_records(sorted(root.rglob(SUMMARY_FILE))):
+    for path, record in read_records(_mentioning(root, config_hash)):
         if record.config_hash != config_hash:
             continue
         run_dir = path.parent  # where it is now, even if the results were moved
@@ -112,6 +112,20 @@ def find_previous_run(results_dir: str | os.PathLike, config_hash: str) -> Optio
         if record.status in RESUMABLE and (run_dir / LAST_CHECKPOINT).is_file():
             resumable = resumable or PreviousRun("resume", run_dir, record)
     return resumable
+
+
+def _mentioning(root: Path, text: str) -> list[Path]:
+    """The run records under ``root`` whose file contains ``text`` (a config hash): a sweep of
+    hundreds of jobs checks every record before each job, and parsing only the candidates keeps
+    that cheap. Unreadable files are kept, so that reading them warns as usual."""
+    found = []
+    for path in sorted(root.rglob(SUMMARY_FILE)):
+        try:
+            if text in path.read_text(encoding="utf-8", errors="replace"):
+                found.append(path)
+        except OSError:
+            found.append(path)
+    return found
 
 
 def remove_if_only_hydra_files(run_dir: Path) -> None:
