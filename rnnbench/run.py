@@ -246,9 +246,12 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: RunRecord, resume_fr
 def _fill_progress(record: RunRecord, trainer, tracker: RunTracker) -> None:
     record.steps = trainer.global_step
     record.world_size = trainer.world_size
-    record.train_time_s = round(tracker.train_time_s, 3)
+    # tokens_per_s is computed from the stated (rounded) time, so a reviewer dividing the two
+    # record fields gets the stated throughput exactly
+    record.train_time_s = round(tracker.train_time_s, 6)
     record.train_tokens = tracker.train_tokens
-    record.tokens_per_s = None if tracker.tokens_per_s is None else round(tracker.tokens_per_s, 1)
+    record.tokens_per_s = (round(record.train_tokens / record.train_time_s, 1)
+                           if record.train_time_s > 0 else None)
     record.steps_to_solve = tracker.solved_step
     record.time_to_solve_s = None if tracker.solved_time_s is None else round(tracker.solved_time_s, 3)
     record.stopped_when_solved = tracker.stopped_when_solved

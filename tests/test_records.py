@@ -43,7 +43,7 @@ def test_record_is_not_rolled_back_to_the_best_checkpoint(tmp_path):
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")["global_step"] == best["step"]
     batch, T = cfg.task.batch_size, cfg.task.seq_len
     assert record.train_tokens == 60 * batch * T  # every step, not those up to the best one
-    assert record.tokens_per_s == pytest.approx(record.train_tokens / record.train_time_s, rel=1e-3)
+    assert record.tokens_per_s == pytest.approx(record.train_tokens / record.train_time_s, abs=0.051)  # recomputable from the record
 
 
 def test_the_final_weights_are_validated_and_can_be_the_best(tmp_path):
