@@ -84,8 +84,9 @@ def detokenize(tokens: Sequence[str]) -> str:
 
 
 class SentenceVocabulary:
-    """Token <-> id, specials first (``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3),
-    then tokens of frequency >= ``min_freq`` by decreasing frequency, ties alphabetical."""
+    """The vocabulary of one side of a parallel corpus: token <-> id, specials first
+    (``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3), then tokens of frequency >=
+    ``min_freq`` by decreasing frequency, ties alphabetical."""
 
     def __init__(self, tokens: Sequence[str]):
         self.itos = list(tokens)

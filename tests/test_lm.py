@@ -14,15 +14,16 @@ from torch import nn
 
 from rnnbench import corpora
 from rnnbench.cells.gru import GRU
-from rnnbench.corpora import DATASETS, EOS, UNK, Vocabulary, load_corpus
+from rnnbench.corpora import DATASETS, EOS, UNK, TextVocabulary, load_corpus
 from rnnbench.download import DataError, sha256_of
 from rnnbench.errors import ConfigError
 from rnnbench.lit import build_optimizer
 from rnnbench.registry import get_task
 from rnnbench import config as config_schema
-from rnnbench.experiment import check_plugin_options
+from rnnbench.experiment import check_plugin_options, load_run
 from rnnbench.stack import CellStack
-from rnnbench.tasks.lm import LMTask, Windows, batchify, fixed_windows, generate_from_run, variable_windows
+from rnnbench.bptt import Windows, batchify, fixed_windows, variable_windows
+from rnnbench.tasks.lm import LMTask
 from rnnbench.task import seeded_generator
 
 from conftest import compose_config, run_cli, shared_data, summaries
@@ -207,7 +208,7 @@ def test_demo_corpus_needs_no_download():
 
 
 def test_ptb_char_prompt_and_text_round_trip():
-    vocab = Vocabulary(["a", "b", "_", EOS], "char", "", {"_": " ", EOS: "\n"})
+    vocab = TextVocabulary(["a", "b", "_", EOS], "char", "", {"_": " ", EOS: "\n"})
     assert vocab.tokenize("ab a\n") == ["a", "b", "_", "a", EOS]
     assert vocab.decode(vocab.encode(vocab.tokenize("ab a\n")).tolist()) == "ab a\n"
 
@@ -375,9 +376,10 @@ def test_time_machine_run_beats_the_unigram_baseline_and_generates(workdir):
     text = gen.stdout.rstrip("\n")
     assert text.startswith("the time ") and len(text) == len("the time ") + 30
     assert set(text) <= set(vocab["tokens"])
-    assert generate_from_run(run_dir, "the time ", 30, 1.0, seed=1) == text  # seeded, and the same in-process
+    experiment = load_run(run_dir)  # the same in-process, seeded as the CLI's --seed
+    assert experiment.task.generate(experiment.model, "the time ", 30, 1.0, seeded_generator(1)) == text
     with pytest.raises(ConfigError, match="has no config.yaml"):
-        generate_from_run(workdir)
+        load_run(workdir)
 
 
 # --- presets -----------------------------------------------------------------------------------
