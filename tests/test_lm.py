@@ -399,7 +399,7 @@ def test_lm_presets_compose_validate_and_count_epochs_right(preset, train_tokens
     if config["optim"]["schedule"] == "step":
         assert config["optim"]["step_size"] == epoch and config["optim"]["first_decay_step"] % epoch == 0
     if train_tokens is not None:
-        assert len(fixed_windows(train_tokens // task.batch_size, task.bptt)) == epoch
+        assert len(fixed_windows(train_tokens // task.batch_size, task.bptt, full_only=task.drop_last_window)) == epoch
     elif DATA is not None:
         task.data_dir = str(DATA)
         assert len(task.train_dataloader(0)) == epoch
