@@ -305,6 +305,11 @@ class ParallelCorpus:
         data = self.splits(data_seed)[split]
         return [data.batch(b) for b in bucketed_batches([len(s) for s in data.src], batch_size, None)]
 
+    def first_pairs(self, split: str, data_seed: int, count: int) -> tuple:
+        """The first ``count`` pairs of ``split`` as one batch (as :meth:`EncodedSplit.batch`)."""
+        data = self.splits(data_seed)[split]
+        return data.batch(range(min(count, len(data))))
+
     def _synthetic_pairs(self, data_seed: int) -> dict[str, Pairs]:
         raw: dict[str, Pairs] = {}
         seen: frozenset = frozenset()

@@ -9,7 +9,10 @@ tokens: a hypothesis matches when its tokens are the reference's tokens.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+from .parallel_batches import EncodedSplit
+from .parallel_data import SentenceVocabulary
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str],
@@ -46,3 +49,16 @@ def bleu_by_source_length(hypotheses: Sequence[str], references: Sequence[str], 
         rows.append({"source_tokens": f"{bucket * bucket_width + 1}-{(bucket + 1) * bucket_width}",
                      "sentences": len(members), "bleu": round(score.score, 2)})
     return rows
+
+
+def score_split(hypotheses: dict[int, list[int]], split: EncodedSplit, vocab: SentenceVocabulary,
+                detokenize: Callable[[list[str]], str], lowercase: bool) -> tuple[dict[str, float], dict[str, str]]:
+    """BLEU, chrF and exact match of ``{sentence index: token ids}`` against the sentences of
+    ``split`` (each scored once, whatever the order the hypotheses came in), and sacrebleu's
+    signatures."""
+    order = sorted(hypotheses)
+    tokens = [vocab.decode(hypotheses[i]) for i in order]
+    scores, signatures = corpus_scores([detokenize(t) for t in tokens], [split.references[i] for i in order],
+                                       lowercase)
+    scores["exact_match"] = exact_match(tokens, [vocab.decode(split.tgt[i][1:]) for i in order])
+    return scores, signatures

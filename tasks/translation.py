@@ -150,6 +150,11 @@ class TranslationTask(Task):
     def test_dataloader(self, data_seed: int):
         return self._eval_loader("test", data_seed)
 
+    def diagnostic_batch(self, data_seed: int, size: int):
+        """The first ``size`` test pairs (in corpus order, so of varied lengths), padded to the
+        longest of them: no step of the batch is padding for every pair."""
+        return self.corpus.first_pairs("test", data_seed, size)
+
     def count_tokens(self, batch) -> int:
         """Source tokens (with ``<eos>``) plus target tokens predicted (with ``<eos>``)."""
         src, src_lengths, tgt, _ = batch
@@ -205,16 +210,11 @@ class TranslationTask(Task):
         return self.score(stage, hypotheses, self._eval_data_seed)
 
     def score(self, split: str, hypotheses: dict[int, list[int]], data_seed: int) -> dict:
-        """BLEU, chrF and exact match of ``{sentence index: token ids}`` against the references
-        of ``split``; keeps sacrebleu's signatures for the record."""
-        data = self.corpus.splits(data_seed)[split]
-        tgt_vocab = self.corpus.vocabularies()[1]
-        order = sorted(hypotheses)
-        tokens = [tgt_vocab.decode(hypotheses[i]) for i in order]
-        scores, self._signatures = translation_metrics.corpus_scores(
-            [self.corpus.detokenize(t) for t in tokens], [data.references[i] for i in order], self.corpus.lowercase)
-        scores["exact_match"] = translation_metrics.exact_match(tokens, [tgt_vocab.decode(data.tgt[i][1:])
-                                                                         for i in order])
+        """BLEU, chrF and exact match of ``{sentence index: token ids}`` against ``split``
+        (:mod:`rnnbench.translation_metrics`); keeps sacrebleu's signatures for the record."""
+        scores, self._signatures = translation_metrics.score_split(
+            hypotheses, self.corpus.splits(data_seed)[split], self.corpus.vocabularies()[1], self.corpus.detokenize,
+            self.corpus.lowercase)
         return scores
 
     # --- artefacts ---------------------------------------------------------------------------------
@@ -241,13 +241,13 @@ class TranslationTask(Task):
         attention weights (:mod:`rnnbench.translation_files`); None without attention."""
         if self.attention == "none" or self.attention_maps == 0:
             return None
-        val = self.corpus.splits(data_seed)["val"]
-        src, src_lengths, _, _ = val.batch(range(min(self.attention_maps, len(val))))
+        src, src_lengths, _, _ = self.corpus.first_pairs("val", data_seed, self.attention_maps)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         tokens, weights = self.decode(model, src.to(device), src_lengths.to(device), beam_size=1)
         model.train(was_training)
         vocabularies = self.corpus.vocabularies()
-        entries = translation_files.sentence_maps(src, src_lengths, tokens, weights, val.references, *vocabularies)
+        references = self.corpus.splits(data_seed)["val"].references
+        entries = translation_files.sentence_maps(src, src_lengths, tokens, weights, references, *vocabularies)
         return translation_files.write_maps(run_dir, self.attention, entries)

@@ -356,8 +356,8 @@ def test_bidirectional_cell_is_refused_for_language_modelling(workdir):
 @pytest.mark.slow
 def test_time_machine_run_beats_the_unigram_baseline_and_generates(workdir):
     env = {"RNNBENCH_DATA_DIR": str(DATA)}
-    proc = run_cli([*LM_TINY, "task.dataset=timemachine", "trainer.max_steps=60", "trainer.val_check_interval=30"],
-                   workdir, env=env)
+    proc = run_cli([*LM_TINY, "task.dataset=timemachine", "trainer.max_steps=60", "trainer.val_check_interval=30",
+                    "diagnostics=true"], workdir, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")
     assert record["status"] == "finished" and record["metric"] == "bpc"
@@ -369,6 +369,8 @@ def test_time_machine_run_beats_the_unigram_baseline_and_generates(workdir):
     vocab = json.loads((run_dir / "vocab.json").read_text())
     assert len(vocab["tokens"]) == 27 and vocab["level"] == "char"
     assert len((run_dir / "sample.txt").read_text().strip()) >= 40
+    diagnostics = json.loads((run_dir / record["diagnostics"]).read_text())  # diagnostics=true works for lm
+    assert len(diagnostics["grad_norm"]) == 35 and all(g > 0 for g in diagnostics["grad_norm"])
     # Generation rebuilds the model from config.yaml + vocab.json, without the corpus.
     gen = run_cli(["generate", str(run_dir), "--prompt", "the time ", "--length", "30", "--seed", "1"], workdir,
                   env={"RNNBENCH_DATA_DIR": str(workdir / "no-data")})

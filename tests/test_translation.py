@@ -331,6 +331,40 @@ def test_bad_options_are_refused(options, message):
         TranslationTask(**options)
 
 
+# --- what the run record counts (issue 12.4) -------------------------------------------------------
+def gru_bahdanau_groups(src_vocab: int, tgt_vocab: int, hidden: int, embedding: int) -> dict[str, int]:
+    """Parameters of a one-layer GRU encoder-decoder with Bahdanau attention, written out by
+    hand (GRU: W_ih (3H, I), W_hh (3H, H), two biases (3H); Bahdanau et al.'s W, U, v, W_s)."""
+    gru = lambda inputs: 3 * hidden * (inputs + hidden) + 2 * 3 * hidden  # noqa: E731
+    return {"encoder": gru(embedding), "decoder": gru(embedding + hidden),  # decoder reads [E y; c_t]
+            "bridge": hidden * hidden + hidden,  # tanh(W s_enc + b)
+            "attention": hidden * hidden + (hidden * hidden + hidden) + hidden + (hidden * hidden + hidden),
+            "embeddings": (src_vocab + tgt_vocab) * embedding,
+            "output": (hidden + hidden + embedding) * tgt_vocab + tgt_vocab}  # W_o [s_t; c_t; E y_{t-1}]
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("cell, bidirectional", [("gru", False), ("lstm", True)])
+def test_parameter_groups_partition_the_model(attention, cell, bidirectional):
+    task = TranslationTask(attention=attention, synthetic_train_size=50, synthetic_val_size=10,
+                           synthetic_test_size=10)
+    model = task.build_model(factory(cell, hidden=12, layers=2, bidirectional=bidirectional))
+    groups = {name: {id(p) for p in part.parameters()} for name, part in task.parameter_groups(model).items()}
+    assert set(groups) == {"encoder", "decoder", "bridge", "attention", "embeddings", "output"}
+    assert sum(len(ids) for ids in groups.values()) == len(set().union(*groups.values()))  # disjoint
+    assert set().union(*groups.values()) == {id(p) for p in model.parameters()}  # and complete
+    counts = {name: count_parameters(part) for name, part in task.parameter_groups(model).items()}
+    assert sum(counts.values()) == count_parameters(model)
+
+
+def test_parameter_groups_match_a_count_by_hand():
+    task = TranslationTask(synthetic_train_size=50, synthetic_val_size=10, synthetic_test_size=10)
+    src_vocab, tgt_vocab = (len(v) for v in task.corpus.vocabularies())
+    model = task.build_model(factory("gru", hidden=64, bidirectional=False))
+    counts = {name: count_parameters(part) for name, part in task.parameter_groups(model).items()}
+    assert counts == gru_bahdanau_groups(src_vocab, tgt_vocab, hidden=64, embedding=64)
+
+
 # --- end to end ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_synthetic_run_translates_dates(workdir):
@@ -340,10 +374,16 @@ def test_short_synthetic_run_translates_dates(workdir):
     proc = run_cli(["task=translation", "cell=gru", "cell.hidden_size=64", "task.synthetic_val_size=200",
                     "task.synthetic_test_size=200", "task.beam_size=2", "trainer.max_steps=250",
                     "trainer.val_check_interval=125", "trainer.stop_when_solved=true", "trainer.progress_bar=none",
-                    "trainer.threads=1"],
+                    "trainer.threads=1", "diagnostics=true"],
                    workdir, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")
+    # The record counts the whole model and each part (encoder, decoder, attention ...), both stacks'
+    # cells and states: here a one-layer GRU of 64 each way, so 64 + 64 floats of state.
+    vocab_sizes = record["artifacts"]["vocab_sizes"]
+    groups = gru_bahdanau_groups(vocab_sizes["source"], vocab_sizes["target"], hidden=64, embedding=64)
+    assert record["param_groups"] == groups and record["params"] == sum(groups.values())
+    assert record["cell_params"] == groups["encoder"] + groups["decoder"] and record["state_size"] == 64 + 64
     test = record["metrics"]["test"]
     assert test["exact_match"] >= 0.8 and test["bleu"] >= 85, test
     assert record["artifacts"]["bleu_signature"].startswith("nrefs:1|case:lc|eff:no|tok:13a")
@@ -354,6 +394,10 @@ def test_short_synthetic_run_translates_dates(workdir):
     maps = json.loads((run_dir / "attention" / "attention.json").read_text())
     assert len(maps["sentences"]) == 4 and (run_dir / "attention" / "val_0.png").stat().st_size > 1000
     assert json.loads((run_dir / "vocab.json").read_text())["target"][:4] == list(parallel_data.SPECIALS)
+    # diagnostics=true works after a translation run: the encoder's gradients through time.
+    diagnostics = json.loads((run_dir / record["diagnostics"]).read_text())
+    assert diagnostics["grad_norm"] and all(g > 0 for g in diagnostics["grad_norm"])
+    assert diagnostics["retention"]["gate"] == "l0.fwd.z"
 
 
 @pytest.mark.slow
