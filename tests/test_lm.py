@@ -227,6 +227,20 @@ def test_batchify_and_fixed_windows_cover_every_target_once():
     assert torch.equal(targets, rows[:, 1:]) and torch.equal(inputs, rows[:, :-1])
 
 
+def test_full_windows_only_leave_out_the_short_last_window(text_file):
+    assert fixed_windows(25, 7, full_only=True) == [(0, 7), (7, 7), (14, 7)]
+    assert fixed_windows(22, 7, full_only=True) == fixed_windows(22, 7) == [(0, 7), (7, 7), (14, 7)]
+    # Zaremba et al.'s PTB epoch: 46,479 tokens per stream, floor(46,479 / 20) = 2,323 windows of 20.
+    windows = fixed_windows(929_589 // 20, 20, full_only=True)
+    assert len(windows) == 2323 and {n for _, n in windows} == {20}
+    drawn = variable_windows(500, 35, seeded_generator(0, 1, 0), full_only=True)
+    every = variable_windows(500, 35, seeded_generator(0, 1, 0))
+    assert drawn == every[:len(drawn)] and len(drawn) in (len(every), len(every) - 1)
+    task = LMTask(dataset="text", level="char", files=[str(text_file)], bptt=9, batch_size=4, drop_last_window=True)
+    batches = list(task.train_dataloader(0))
+    assert {b[0].shape[1] for b in batches} == {9} and len(batches) == (task._rows("train", 4).shape[1] - 1) // 9
+
+
 def test_variable_windows_are_a_function_of_seed_and_epoch():
     length, bptt = 5000, 35
     a = variable_windows(length, bptt, seeded_generator(0, 1, 0))
@@ -320,6 +334,20 @@ def test_init_cells_draws_every_cell_parameter_in_range(text_file):
     for parameter in model.parameters():
         assert parameter.abs().max() <= 0.05
     assert not model.decoder.bias.any()
+
+
+@pytest.mark.parametrize("uniform_decoder_bias", [False, True])
+def test_uniform_init_of_every_parameter_includes_the_decoder_bias_on_request(text_file, uniform_decoder_bias):
+    task = LMTask(dataset="text", files=[str(text_file)], init_cells=True, init_range=0.05,
+                  uniform_decoder_bias=uniform_decoder_bias)
+    torch.manual_seed(0)
+    model = task.build_model(make_stack_factory(hidden_size=64))
+    assert all(p.abs().max() <= 0.05 for p in model.parameters())
+    bias = model.decoder.bias
+    if uniform_decoder_bias:  # Zaremba et al.'s main.lua: every parameter ~ U(-0.05, 0.05) here
+        assert bias.abs().min() > 0 and bias.min() < -0.02 and bias.max() > 0.02
+    else:  # pytorch/examples: 0
+        assert not bias.any()
 
 
 def test_step_schedule_first_decay_step():
