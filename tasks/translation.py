@@ -107,7 +107,7 @@ class TranslationTask(Task):
             min_freq=min_freq, max_length=max_length)
         check_model_options(embedding_size, attention, attention_size, input_feeding, dropout, teacher_forcing,
                             decoder_bidirectional)
-        self.search = SearchSettings(beam_size, length_penalty, max_len_a, max_len_b)
+        self.decoding = SearchSettings(beam_size, length_penalty, max_len_a, max_len_b)
         check(is_int(bucket_width) and bucket_width >= 1, "task.bucket_width", bucket_width, "an integer >= 1")
         check(is_int(attention_maps) and attention_maps >= 0, "task.attention_maps", attention_maps,
               "an integer >= 0")
@@ -124,7 +124,7 @@ class TranslationTask(Task):
     def key_parameters(self) -> dict:
         return {"dataset": self.corpus.dataset, "data": self.corpus.describe(), "attention": self.attention,
                 "input_feeding": self.input_feeding and self.attention.startswith("luong"),
-                "beam_size": self.search.beam_size}
+                "beam_size": self.decoding.beam_size}
 
     def parameter_groups(self, model: Seq2Seq) -> dict[str, nn.Module]:
         """Encoder and decoder stacks, the bridge between them, the attention (with its
@@ -174,7 +174,7 @@ class TranslationTask(Task):
         """Token ids ``(B, L)`` of the translations (:mod:`rnnbench.decoding`) and, when greedy
         (``beam_size`` 1), the attention weights ``(B, L, S)`` (else None)."""
         tgt_vocab = self.corpus.vocabularies()[1]
-        return self.search.search(model, src, src_lengths, tgt_vocab.stoi[BOS], tgt_vocab.stoi[EOS], beam_size)
+        return self.decoding.search(model, src, src_lengths, tgt_vocab.stoi[BOS], tgt_vocab.stoi[EOS], beam_size)
 
     def loss_and_metrics(self, model, batch) -> tuple[Tensor, dict[str, Tensor]]:
         src, src_lengths, tgt, index = batch
