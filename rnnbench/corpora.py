@@ -140,8 +140,11 @@ DATASETS: dict[str, CorpusSpec] = {
 }
 
 
-class Vocabulary:
-    """Tokens <-> ids; ``tokens[i]`` has id ``i``. Saved as JSON (no pickles)."""
+class TextVocabulary:
+    """The vocabulary of a language-modelling corpus: tokens <-> ids (``tokens[i]`` has id
+    ``i``), and back to text (``join``, ``replace``) for generated samples and prompts.
+    Saved as JSON (no pickles). Translation's vocabularies, with their ``<pad>``/``<bos>``
+    specials, are :class:`rnnbench.parallel_data.SentenceVocabulary`."""
 
     def __init__(self, tokens: Sequence[str], level: str, join: str = "", replace: Optional[dict] = None):
         self.tokens = list(tokens)
@@ -184,7 +187,7 @@ class Vocabulary:
                                  "tokens": self.tokens})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocabulary":
+    def load(cls, path: str | os.PathLike) -> "TextVocabulary":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(data["tokens"], data["level"], data.get("join", ""), data.get("replace"))
 
@@ -193,7 +196,7 @@ class Vocabulary:
 class Corpus:
     """Token id streams of the three splits, and their vocabulary."""
 
-    vocab: Vocabulary
+    vocab: TextVocabulary
     train: Tensor
     valid: Tensor
     test: Tensor
@@ -249,7 +252,7 @@ def _cut(tokens: list[str], fractions: Sequence[float]) -> dict[str, list[str]]:
 
 
 def build_vocabulary(train: list[str], level: str, *, max_vocab: Optional[int] = None, min_freq: int = 1,
-                     extra: Sequence[list[str]] = (), join: str = "", replace: Optional[dict] = None) -> Vocabulary:
+                     extra: Sequence[list[str]] = (), join: str = "", replace: Optional[dict] = None) -> TextVocabulary:
     """Tokens of ``train`` in order of first appearance (as pytorch/examples' Dictionary),
     keeping the ``max_vocab`` most frequent / those seen ``min_freq`` times; ``<unk>`` is
     added if any token of ``train`` or ``extra`` is left out."""
@@ -261,7 +264,7 @@ def build_vocabulary(train: list[str], level: str, *, max_vocab: Optional[int] =
         kept = [kept[i] for i in sorted(rank)]
     if UNK not in kept and not set(counts).union(*map(set, extra)) <= set(kept):
         kept.append(UNK)
-    return Vocabulary(kept, level, join, replace)
+    return TextVocabulary(kept, level, join, replace)
 
 
 def load_corpus(

@@ -1,4 +1,5 @@
-"""Parallel text for translation: readers, tokenisation, vocabularies, bucketed batches.
+"""Parallel text for translation: readers, tokenisation, vocabularies, bucketed batches,
+and :class:`ParallelCorpus`, a configured dataset as encoded splits.
 
 Sources of sentence pairs (each a list of ``(source, target)`` raw strings per split):
 
@@ -9,11 +10,9 @@ Sources of sentence pairs (each a list of ``(source, target)`` raw strings per s
 - **TSV pair files** ``src<TAB>tgt[<TAB>more columns ignored]``, as the Tatoeba/Anki
   exports (manythings.org) and Dive into Deep Learning's ``fra-eng``; one file is split
   into train/validation/test by a seeded shuffle.
-- **Synthetic dates** (:func:`synthetic_dates`): a date written in English words ->
-  its ISO form, e.g. ``"the third of march two thousand and five"`` ->
-  ``"2 0 0 5 - 0 3 - 0 3"``. No download; it has real alignment structure (each digit
-  group comes from a few source words) and reordering (day, month, year ->
-  year, month, day).
+- **Synthetic dates** (:mod:`rnnbench.dates`): a date written in English words -> its
+  ISO form. Its target is character-level: the tokens are the characters of the ISO
+  date, and its reference text is those characters separated by spaces.
 
 Tokenisation (deterministic): optionally lower-case, then
 ``re.findall(r"\\w+|[^\\w\\s]")`` — runs of letters/digits, and every other non-space
@@ -21,9 +20,7 @@ character on its own (``"Don't!" -> don ' t !``). :func:`detokenize` joins token
 with spaces and removes the space before closing punctuation ``. , ! ? ; : % ) ] }``,
 after opening brackets, and around an apostrophe or hyphen between two word
 tokens; BLEU is computed on that text against the raw references (sacrebleu
-tokenises both the same way). The synthetic target is character-level: its tokens
-are the characters of the ISO date, and its reference text is those characters
-separated by spaces.
+tokenises both the same way).
 """
 
 from __future__ import annotations
@@ -33,14 +30,13 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-import torch
-from torch import Tensor
-from torch.utils.data import IterableDataset
-
+from . import dates
 from .download import DataError, corpus_file
-from .errors import ConfigError
+from .errors import ConfigError, check, is_int
+from .parallel_batches import BucketedStream, EncodedSplit, bucketed_batches
+from .task import FIXED_TRAIN_STREAM, TEST_STREAM, TRAIN_STREAM, VAL_STREAM, seeded_generator
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 in every vocabulary
@@ -49,6 +45,8 @@ TOKEN = re.compile(r"\w+|[^\w\s]")
 NO_SPACE_BEFORE = re.compile(r" ([.,!?;:%)\]}])")
 NO_SPACE_AFTER = re.compile(r"([(\[{]) ")
 JOINED = re.compile(r"(\w) (['’-]) (?=\w)")
+
+Pairs = list[tuple[str, str]]  # (source, target) raw sentences
 
 MULTI30K_LANGUAGES = ("en", "de", "fr", "cs")
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
@@ -69,7 +67,6 @@ MULTI30K_SHA256 = {
     "test_2016_flickr.cs.gz": "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
 }
 
-Pairs = list[tuple[str, str]]
 
 
 # --- tokenisation and vocabularies ------------------------------------------------------
@@ -86,9 +83,10 @@ def detokenize(tokens: Sequence[str]) -> str:
     return JOINED.sub(r"\1\2", text)
 
 
-class Vocabulary:
-    """Token <-> id, specials first (``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3),
-    then tokens of frequency >= ``min_freq`` by decreasing frequency, ties alphabetical."""
+class SentenceVocabulary:
+    """The vocabulary of one side of a parallel corpus: token <-> id, specials first
+    (``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3), then tokens of frequency >=
+    ``min_freq`` by decreasing frequency, ties alphabetical."""
 
     def __init__(self, tokens: Sequence[str]):
         self.itos = list(tokens)
@@ -96,7 +94,7 @@ class Vocabulary:
         assert tuple(self.itos[:len(SPECIALS)]) == SPECIALS
 
     @classmethod
-    def build(cls, sentences: Iterable[Sequence[str]], min_freq: int = 1) -> "Vocabulary":
+    def build(cls, sentences: Iterable[Sequence[str]], min_freq: int = 1) -> "SentenceVocabulary":
         counts = Counter(token for sentence in sentences for token in sentence)
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
                       key=lambda t: (-counts[t], t))
@@ -203,155 +201,146 @@ def split_pairs(pairs: Pairs, val_fraction: float, test_fraction: float, seed: i
             "train": pick(order[n_val + n_test:])}
 
 
-# --- the synthetic task: dates in words -> ISO dates --------------------------------------
-MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
-          "october", "november", "december")
-DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # 29 february is left out
-UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-         "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
-TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-ORDINAL_UNITS = ("", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth",
-                 "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth",
-                 "seventeenth", "eighteenth", "nineteenth")
+# --- a configured dataset -------------------------------------------------------------------
+DATASETS = ("synthetic", "multi30k", "tsv")
 
 
-def number_words(n: int) -> str:
-    """0 <= n < 100 in English words: ``42 -> "forty two"``."""
-    if n < 20:
-        return UNITS[n]
-    return TENS[n // 10] + ("" if n % 10 == 0 else " " + UNITS[n % 10])
+class ParallelCorpus:
+    """A translation dataset (``task.dataset`` and its options, checked here) as encoded
+    splits and two vocabularies. Nothing is read until asked; real corpora are read once
+    (their splits do not depend on the data seed), synthetic splits are a pure function of
+    the data seed. Training pairs with a side longer than ``max_length`` tokens are
+    dropped; evaluation keeps every pair."""
 
+    def __init__(self, dataset: str = "synthetic", *, source_lang: str = "de", target_lang: str = "en",
+                 path: Optional[str] = None, reverse: bool = False, header_lines: int = 0,
+                 line_endings: str = "auto", val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 split_seed: int = 0, data_dir: Optional[str] = None, synthetic_sizes: Optional[dict] = None,
+                 lowercase: bool = True, min_freq: int = 1, max_length: int = 50):
+        synthetic_sizes = synthetic_sizes or {"train": 20000, "val": 500, "test": 500}
+        check(dataset in DATASETS, "task.dataset", dataset, f"one of {', '.join(DATASETS)}")
+        if dataset == "multi30k":
+            for key, lang in (("task.source_lang", source_lang), ("task.target_lang", target_lang)):
+                check(lang in MULTI30K_LANGUAGES, key, lang, f"one of {', '.join(MULTI30K_LANGUAGES)}")
+            check(source_lang != target_lang, "task.target_lang", target_lang,
+                  f"a language other than task.source_lang ({source_lang})")
+        if dataset == "tsv":
+            check(isinstance(path, str) and path != "", "task.path", path,
+                  "the path of a tab-separated pair file (source<TAB>target per line) for task.dataset=tsv")
+        check(isinstance(reverse, bool), "task.reverse", reverse, "true or false")
+        check(is_int(header_lines) and header_lines >= 0, "task.header_lines", header_lines, "an integer >= 0")
+        check(line_endings in LINE_ENDINGS, "task.line_endings", line_endings, f"one of {', '.join(LINE_ENDINGS)}")
+        for key, value in (("task.val_fraction", val_fraction), ("task.test_fraction", test_fraction)):
+            check(isinstance(value, (int, float)) and 0 < value < 0.5, key, value, "a number in (0, 0.5)")
+        check(is_int(split_seed) and split_seed >= 0, "task.split_seed", split_seed, "an integer >= 0")
+        for split, value in synthetic_sizes.items():
+            check(is_int(value) and 1 <= value <= 50000, f"task.synthetic_{split}_size", value,
+                  "an integer in [1, 50000]")
+        check(isinstance(lowercase, bool), "task.lowercase", lowercase, "true or false")
+        check(is_int(min_freq) and min_freq >= 1, "task.min_freq", min_freq, "an integer >= 1")
+        check(is_int(max_length) and max_length >= 1, "task.max_length", max_length, "an integer >= 1 (tokens)")
+        self.dataset, self.source_lang, self.target_lang, self.path = dataset, source_lang, target_lang, path
+        self.reverse, self.header_lines, self.line_endings = reverse, header_lines, line_endings
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.data_dir, self.synthetic_sizes = data_dir, dict(synthetic_sizes)
+        self.lowercase, self.min_freq, self.max_length = lowercase, min_freq, max_length
+        self._raw: Optional[dict[str, Pairs]] = None  # real corpora (seed-independent)
+        self._vocab: Optional[tuple[SentenceVocabulary, SentenceVocabulary]] = None
+        self._train_tokens: Optional[list[tuple[list[str], list[str]]]] = None
+        self._encoded: dict[int, dict[str, EncodedSplit]] = {}  # per data seed
 
-def ordinal_words(n: int) -> str:
-    """1 <= n <= 31 as an ordinal: ``23 -> "twenty third"``, ``30 -> "thirtieth"``."""
-    if n < 20:
-        return ORDINAL_UNITS[n]
-    if n % 10 == 0:
-        return TENS[n // 10][:-1] + "ieth"
-    return f"{TENS[n // 10]} {ORDINAL_UNITS[n % 10]}"
+    def describe(self) -> str:
+        """What the data are, in a few words (for the run record)."""
+        return {"synthetic": "dates in words -> ISO", "multi30k": f"{self.source_lang}->{self.target_lang}",
+                "tsv": str(self.path)}[self.dataset]
 
+    def tokenize(self, text: str) -> list[str]:
+        """Synthetic text is already space-separated tokens; real text goes through :func:`tokenize`."""
+        return text.split() if self.dataset == "synthetic" else tokenize(text, self.lowercase)
 
-def year_words(year: int) -> str:
-    """1900..2099: ``1984 -> "nineteen eighty four"``, ``1905 -> "nineteen oh five"``,
-    ``1900 -> "nineteen hundred"``, ``2005 -> "two thousand and five"``, ``2000 -> "two thousand"``."""
-    century, rest = divmod(year, 100)
-    if century == 19:
-        if rest == 0:
-            return "nineteen hundred"
-        return "nineteen " + (f"oh {UNITS[rest]}" if rest < 10 else number_words(rest))
-    return "two thousand" + ("" if rest == 0 else " and " + number_words(rest))
+    def detokenize(self, tokens: list[str]) -> str:
+        """Text of target tokens, as compared with the raw references."""
+        return " ".join(tokens) if self.dataset == "synthetic" else detokenize(tokens)
 
+    def vocabularies(self) -> tuple[SentenceVocabulary, SentenceVocabulary]:
+        """Source and target vocabularies (from the training split for real corpora)."""
+        if self._vocab is None:
+            if self.dataset == "synthetic":
+                words, characters = dates.synthetic_vocabularies()
+                self._vocab = (SentenceVocabulary([*SPECIALS, *words]), SentenceVocabulary([*SPECIALS, *characters]))
+            else:
+                train = self._training_pairs(self._real_pairs()["train"])
+                self._vocab = (SentenceVocabulary.build((s for s, _ in train), self.min_freq),
+                               SentenceVocabulary.build((t for _, t in train), self.min_freq))
+        return self._vocab
 
-def date_in_words(year: int, month: int, day: int, style: int) -> str:
-    """Style 0: ``the third of march two thousand and five``; 1: ``march third two thousand
-    and five``; 2: ``3 march two thousand and five`` (day as digits)."""
-    name = MONTHS[month - 1]
-    if style == 0:
-        return f"the {ordinal_words(day)} of {name} {year_words(year)}"
-    if style == 1:
-        return f"{name} {ordinal_words(day)} {year_words(year)}"
-    return f"{day} {name} {year_words(year)}"
+    def splits(self, data_seed: int) -> dict[str, EncodedSplit]:
+        """``train``/``val``/``test`` as id lists (synthetic splits depend on ``data_seed``)."""
+        if data_seed not in self._encoded:
+            raw = self._synthetic_pairs(data_seed) if self.dataset == "synthetic" else self._real_pairs()
+            src_vocab, tgt_vocab = self.vocabularies()
+            encoded = {}
+            for split, pairs in raw.items():
+                # Training pairs are filtered by length; evaluation keeps every pair.
+                tokenised = self._training_pairs(pairs) if split == "train" else \
+                    [(self.tokenize(s), self.tokenize(t)) for s, t in pairs]
+                encoded[split] = EncodedSplit(
+                    src=[src_vocab.encode([*s, EOS]) for s, _ in tokenised],
+                    tgt=[tgt_vocab.encode([BOS, *t, EOS]) for _, t in tokenised],
+                    references=[] if split == "train" else [t for _, t in pairs],
+                    sources=[] if split == "train" else [s for s, _ in pairs],
+                )
+            self._encoded[data_seed] = encoded
+        return self._encoded[data_seed]
 
+    def training_batches(self, data_seed: int, batch_size: int, rank: int, world_size: int, start_step: int,
+                         num_batches: Optional[int]) -> BucketedStream:
+        """Endless length-bucketed training batches for ``rank``, epoch ``e`` shuffled by the data seed."""
+        return BucketedStream(self.splits(data_seed)["train"], batch_size,
+                              lambda epoch: seeded_generator(data_seed, TRAIN_STREAM, epoch),
+                              rank, world_size, start_step, num_batches)
 
-def iso_target(year: int, month: int, day: int) -> str:
-    """The reference text: ISO date characters separated by spaces, ``2 0 0 5 - 0 3 - 0 3``."""
-    return " ".join(f"{year:04d}-{month:02d}-{day:02d}")
+    def evaluation_batches(self, split: str, data_seed: int, batch_size: int) -> list[tuple]:
+        """Every pair of ``split`` once, in batches sorted by source length (least padding)."""
+        data = self.splits(data_seed)[split]
+        return [data.batch(b) for b in bucketed_batches([len(s) for s in data.src], batch_size, None)]
 
+    def first_pairs(self, split: str, data_seed: int, count: int) -> tuple:
+        """The first ``count`` pairs of ``split`` as one batch (as :meth:`EncodedSplit.batch`)."""
+        data = self.splits(data_seed)[split]
+        return data.batch(range(min(count, len(data))))
 
-def synthetic_dates(n: int, generator: torch.Generator, exclude: frozenset = frozenset()) -> Pairs:
-    """``n`` distinct (words, ISO) date pairs drawn with ``generator``, none in ``exclude``."""
-    rng = random.Random(int(torch.randint(0, 2**62, (), generator=generator)))
-    pairs: dict[tuple[str, str], None] = {}
-    while len(pairs) < n:
-        year, month, style = rng.randrange(1900, 2100), rng.randrange(1, 13), rng.randrange(3)
-        day = rng.randrange(1, DAYS_IN_MONTH[month - 1] + 1)
-        pair = (date_in_words(year, month, day, style), iso_target(year, month, day))
-        if pair not in exclude:
-            pairs[pair] = None
-    return list(pairs)
+    def _synthetic_pairs(self, data_seed: int) -> dict[str, Pairs]:
+        raw: dict[str, Pairs] = {}
+        seen: frozenset = frozenset()
+        for split, stream in (("test", TEST_STREAM), ("val", VAL_STREAM), ("train", FIXED_TRAIN_STREAM)):
+            # Distinct pairs; validation and test never occur in training.
+            raw[split] = dates.synthetic_dates(self.synthetic_sizes[split], seeded_generator(data_seed, stream),
+                                               exclude=seen)
+            seen = seen | frozenset(raw[split])
+        return raw
 
+    def _real_pairs(self) -> dict[str, Pairs]:
+        if self._raw is None:
+            if self.dataset == "multi30k":
+                self._raw = read_multi30k(self.source_lang, self.target_lang, self.data_dir)
+            else:
+                path = Path(self.path) if Path(self.path).is_file() else corpus_file(self.path, data_dir=self.data_dir)
+                pairs = read_tsv_pairs(path, reverse=self.reverse, header_lines=self.header_lines,
+                                       line_endings=self.line_endings)
+                self._raw = split_pairs(pairs, self.val_fraction, self.test_fraction, self.split_seed)
+        return self._raw
 
-def synthetic_vocabularies() -> tuple[list[str], list[str]]:
-    """Every source word and target character the synthetic task can produce (fixed, so
-    the vocabularies do not depend on the data seed)."""
-    words = {"the", "of", "oh", "hundred", "thousand", "and", *MONTHS, *UNITS, *TENS[2:], *ORDINAL_UNITS[1:],
-             *(ordinal_words(d) .split()[-1] for d in (20, 30)), *(str(d) for d in range(1, 32))}
-    return sorted(words), [*"0123456789", "-"]
-
-
-# --- tensors and batches ------------------------------------------------------------------
-class Encoded:
-    """One split as id lists: ``src[i]`` (ending in ``<eos>``), ``tgt[i]`` (``<bos> ... <eos>``),
-    and ``references[i]``, the raw target text BLEU compares against."""
-
-    def __init__(self, src: list[list[int]], tgt: list[list[int]], references: list[str], sources: list[str]):
-        self.src, self.tgt, self.references, self.sources = src, tgt, references, sources
-
-    def __len__(self) -> int:
-        return len(self.src)
-
-    def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(src (B, S), src_lengths (B,), tgt (B, T), index (B,))``, padded with 0."""
-        src = [self.src[i] for i in indices]
-        tgt = [self.tgt[i] for i in indices]
-        src_lengths = torch.tensor([len(s) for s in src])
-        src_t = torch.zeros(len(src), int(src_lengths.max()), dtype=torch.long)
-        tgt_t = torch.zeros(len(tgt), max(len(t) for t in tgt), dtype=torch.long)
-        for row, (s, t) in enumerate(zip(src, tgt)):
-            src_t[row, :len(s)] = torch.tensor(s)
-            tgt_t[row, :len(t)] = torch.tensor(t)
-        return src_t, src_lengths, tgt_t, torch.tensor(list(indices))
-
-
-def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: Optional[torch.Generator]) -> list[list[int]]:
-    """Batches of similar source length: with a generator, shuffle, sort within pools of
-    50 batches by length, cut into batches and shuffle the batches (little padding, still
-    random); without one, sort the whole split (evaluation order, least padding)."""
-    if generator is None:
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    pool = 50 * batch_size
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    permutation = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in permutation]
-
-
-class BucketedStream(IterableDataset):
-    """Endless training batches for ``rank`` of ``world_size``, epoch after epoch.
-
-    Epoch ``e`` is ordered by ``seeded_generator(data_seed, stream, e)``; global batch
-    ``k`` of an epoch goes to rank ``k % world_size``, so ranks never share a batch and a
-    resumed run (``start_step``) sees the same batches as an uninterrupted one.
-    """
-
-    def __init__(self, data: Encoded, batch_size: int, make_generator, rank: int, world_size: int,
-                 start_step: int = 0, num_batches: Optional[int] = None):
-        self.data, self.batch_size, self.make_generator = data, batch_size, make_generator
-        self.rank, self.world_size, self.start_step, self.num_batches = rank, world_size, start_step, num_batches
-        self.lengths = [len(s) for s in data.src]
-
-    def __len__(self) -> int:
-        if self.num_batches is None:
-            raise TypeError("an endless BucketedStream has no length")
-        return self.num_batches
-
-    def __iter__(self) -> Iterator:
-        step, epoch, produced = 0, 0, 0
-        while self.num_batches is None or produced < self.num_batches:
-            batches = bucketed_batches(self.lengths, self.batch_size, self.make_generator(epoch))
-            mine = batches[self.rank::self.world_size]
-            if not mine:
-                raise ConfigError(f"task.batch_size={self.batch_size} leaves no training batch for rank "
-                                  f"{self.rank} of {self.world_size}: the training set has {len(self.data)} pairs.")
-            for indices in mine:
-                if step >= self.start_step:
-                    yield self.data.batch(indices)
-                    produced += 1
-                    if self.num_batches is not None and produced >= self.num_batches:
-                        return
-                step += 1
-            epoch += 1
+    def _training_pairs(self, pairs: Pairs) -> list[tuple[list[str], list[str]]]:
+        """Tokenised training pairs with both sides at most ``max_length`` tokens (real
+        corpora: computed once, for the vocabularies and the training split)."""
+        real = self.dataset != "synthetic"
+        if real and self._train_tokens is not None:
+            return self._train_tokens
+        tokenised = [(self.tokenize(s), self.tokenize(t)) for s, t in pairs]
+        kept = [(s, t) for s, t in tokenised if 0 < len(s) <= self.max_length and 0 < len(t) <= self.max_length]
+        if not kept:
+            raise DataError(f"no training pair has both sides within task.max_length={self.max_length} tokens.")
+        if real:
+            self._train_tokens = kept
+        return kept

@@ -6,32 +6,24 @@ Sutskever & Vinyals 2014, "Recurrent Neural Network Regularization"
 (arXiv:1409.2329):
 
 - the corpus (:mod:`rnnbench.corpora`) is one token stream per split; the training
-  stream is cut into ``batch_size`` contiguous parallel streams (the tail that does
-  not fill a row is dropped), the validation and test streams into
-  ``eval_batch_size`` streams;
-- windows of ``bptt`` steps are read left to right: the inputs are tokens
-  ``i .. i+L-1`` of every stream, the targets tokens ``i+1 .. i+L`` (the last window
-  is shorter); the recurrent state is carried from one window to the next and
-  detached (truncated BPTT), and reset to zeros at the first window of every
-  training epoch and of every evaluation pass;
-- ``variable_bptt`` (Merity, Keskar & Socher 2017, "Regularizing and Optimizing LSTM
-  Language Models", AWD-LSTM): each training window has length
-  ``max(5, round_down(N(b, 5)))`` with ``b = bptt`` with probability 0.95, else
-  ``bptt / 2``, drawn from the data seed and the epoch; AWD-LSTM rescales the
-  learning rate by ``L / bptt`` for that step, here the loss is scaled by
-  ``L / bptt`` instead (the same update for plain SGD, up to gradient clipping);
+  stream is cut into ``batch_size`` contiguous parallel streams per rank, the
+  validation and test streams into ``eval_batch_size`` streams, read in windows of
+  ``bptt`` steps (:mod:`rnnbench.bptt`); the recurrent state is carried from one
+  window to the next and detached (truncated BPTT), and reset to zeros at the first
+  window of every training epoch and of every evaluation pass;
+- ``drop_last_window``: a training epoch is only the full windows (Zaremba et al.'s
+  ``main.lua``: 2,323 windows of 20 per PTB epoch), not also the shorter last one;
+- ``variable_bptt`` (AWD-LSTM, Merity et al. 2017): random window lengths; AWD-LSTM
+  rescales the learning rate by ``L / bptt`` for a window of ``L`` steps, here the loss
+  is scaled by ``L / bptt`` instead (the same update for plain SGD, up to clipping);
 - evaluation covers the whole validation / test stream (up to ``eval_batch_size - 1``
   tail tokens that do not fill a row; the record's ``task_params`` give the number
   of scored tokens).
 
-Model: embedding -> dropout -> cell stack -> dropout -> linear decoder (Zaremba et
-al.'s dropout on the non-recurrent connections: the input and output dropout are
-``task.dropout``, the dropout between stacked layers is ``cell.dropout``). With
-``tie_weights`` the decoder reuses the embedding matrix (Press & Wolf 2017, Inan et
-al. 2017). Initialisation as pytorch/examples: embedding and decoder weights
-``U(-init_range, init_range)``, decoder bias 0; the cells keep their own
-initialisation unless ``init_cells`` (then every cell parameter is also drawn from
-``U(-init_range, init_range)``, as Zaremba et al. do for all parameters).
+Model (:mod:`rnnbench.language_model`): embedding -> dropout -> cell stack -> dropout
+-> linear decoder; the input and output dropout are ``task.dropout``, the dropout
+between stacked layers is ``cell.dropout``; ``tie_weights``, ``init_range``,
+``init_cells`` and ``uniform_decoder_bias`` set weight tying and the initialisation.
 
 Loss: mean cross-entropy per target token, in nats (``loss``). Primary metric:
 perplexity ``ppl = exp(loss)`` at word level, bits per character
@@ -40,7 +32,10 @@ whole split (``metric_weight`` is the number of target tokens). Baselines: the
 unigram model of the training counts (add-one smoothed) on the validation stream,
 and the uniform model (perplexity = vocabulary size, ``log2 V`` bits).
 
-The task is causal: a bidirectional cell would see the next token, and is refused.
+After testing, the run directory gets ``vocab.json`` (the model can be rebuilt from
+it and ``config.yaml`` without the corpus: :meth:`LMTask.load_artifacts`,
+``rnnbench generate RUN_DIR``) and ``sample.txt``. The task is causal: a
+bidirectional cell would see the next token, and is refused.
 """
 
 from __future__ import annotations
@@ -48,110 +43,25 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from rnnbench.bptt import Windows, batchify, fixed_windows, training_schedule
 from rnnbench.cell import map_state
-from rnnbench.corpora import DATASETS, DEFAULT_SPLIT, Corpus, Vocabulary, check_dataset_options, load_corpus
-from rnnbench.errors import ConfigError, check, is_int, is_number
+from rnnbench.corpora import DATASETS, DEFAULT_SPLIT, Corpus, TextVocabulary, check_dataset_options, load_corpus
+from rnnbench.errors import ConfigError, check, is_int
+from rnnbench.language_model import LanguageModel, sample
+from rnnbench.language_model import check_options as check_model_options
 from rnnbench.registry import register_task
 from rnnbench.task import TRAIN_STREAM, StackFactory, Task, seeded_generator
 
 VOCAB_FILE = "vocab.json"
 SAMPLE_FILE = "sample.txt"
 SAMPLE_TEMPERATURE = 0.8  # the run's own sample: a little below 1, fewer rare-token accidents than sampling as is
-
-
-class LanguageModel(nn.Module):
-    """``embedding -> dropout -> stack -> dropout -> decoder``; ``forward(ids, state)``
-    returns the logits ``(B, T, V)`` and the stack's final state."""
-
-    def __init__(self, make_stack: StackFactory, vocab_size: int, embedding_size: int, dropout: float,
-                 tie_weights: bool, init_range: float, init_cells: bool):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_size)
-        self.stack = make_stack(embedding_size)
-        self.dropout = nn.Dropout(dropout)
-        self.decoder = nn.Linear(self.stack.output_size, vocab_size)
-        if tie_weights:
-            if self.stack.output_size != embedding_size:
-                raise ConfigError(
-                    f"task.tie_weights=true needs task.embedding_size ({embedding_size}) equal to the cell "
-                    f"stack's output size ({self.stack.output_size} = cell.hidden_size x directions): the decoder "
-                    f"reuses the embedding matrix. Set task.embedding_size={self.stack.output_size} or "
-                    f"task.tie_weights=false.")
-            self.decoder.weight = self.embedding.weight
-        with torch.no_grad():
-            nn.init.uniform_(self.embedding.weight, -init_range, init_range)
-            nn.init.uniform_(self.decoder.weight, -init_range, init_range)
-            nn.init.zeros_(self.decoder.bias)
-            if init_cells:
-                for parameter in self.stack.parameters():
-                    nn.init.uniform_(parameter, -init_range, init_range)
-
-    def forward(self, ids: Tensor, state=None):
-        y, state = self.stack(self.dropout(self.embedding(ids)), state)
-        return self.decoder(self.dropout(y)), state
-
-
-def batchify(stream: Tensor, num_streams: int) -> Tensor:
-    """``(N,)`` -> ``(num_streams, N // num_streams)``: contiguous parallel streams, one
-    per row (batch-first; the tail that does not fill a row is dropped)."""
-    length = stream.numel() // num_streams
-    return stream[: num_streams * length].view(num_streams, length)
-
-
-def fixed_windows(length: int, bptt: int) -> list[tuple[int, int]]:
-    """``(start, steps)`` of the windows over rows of ``length`` tokens (the last may be shorter)."""
-    return [(i, min(bptt, length - 1 - i)) for i in range(0, length - 1, bptt)]
-
-
-def variable_windows(length: int, bptt: int, generator: torch.Generator) -> list[tuple[int, int]]:
-    """AWD-LSTM's windows: ``bptt`` (p = 0.95) or ``bptt/2`` as the mean of N(mean, 5), at least 5 steps."""
-    windows, i = [], 0
-    while i < length - 1:
-        mean = bptt if float(torch.rand((), generator=generator)) < 0.95 else bptt / 2
-        steps = max(5, int(mean + 5 * float(torch.randn((), generator=generator))))
-        steps = min(steps, length - 1 - i)
-        windows.append((i, steps))
-        i += steps
-    return windows
-
-
-class Windows(IterableDataset):
-    """BPTT windows ``(inputs, targets, first)`` over the rows of ``data`` ``(B, N)``;
-    ``first`` is True at the first window of a pass (the carried state is reset there).
-
-    Each iteration is one epoch; ``schedule(epoch)`` gives its windows, so a run's
-    batches are a function of the epoch (and the data seed), and ``start_step`` resumes
-    in the middle of any epoch.
-    """
-
-    def __init__(self, data: Tensor, schedule, start_step: int = 0, fixed_length: bool = True):
-        self.data = data
-        self.schedule = schedule
-        self.fixed_length = fixed_length
-        self.epoch, self.offset = 0, start_step
-        while self.offset and self.offset >= len(schedule(self.epoch)):
-            self.offset -= len(schedule(self.epoch))
-            self.epoch += 1
-
-    def __len__(self) -> int:
-        if not self.fixed_length:
-            raise TypeError("windows of variable length have no fixed count per epoch")
-        return len(self.schedule(0))
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, bool]]:
-        epoch, offset = self.epoch, self.offset
-        self.epoch, self.offset = epoch + 1, 0
-        windows = self.schedule(epoch)
-        for k in range(offset, len(windows)):
-            start, steps = windows[k]
-            yield self.data[:, start:start + steps], self.data[:, start + 1:start + 1 + steps], k == 0
 
 
 @register_task("lm")
@@ -172,6 +82,7 @@ class LMTask(Task):
         min_freq: int = 1,
         bptt: int = 35,
         variable_bptt: bool = False,
+        drop_last_window: bool = False,
         batch_size: int = 20,
         eval_batch_size: int = 10,
         embedding_size: int = 200,
@@ -179,6 +90,7 @@ class LMTask(Task):
         tie_weights: bool = False,
         init_range: float = 0.1,
         init_cells: bool = False,
+        uniform_decoder_bias: bool = False,
         sample_length: int = 300,
         solved_threshold: Optional[float] = None,
     ):
@@ -192,36 +104,22 @@ class LMTask(Task):
         check(is_int(min_freq) and min_freq >= 1, "task.min_freq", min_freq, "an integer >= 1")
         check(is_int(bptt) and bptt >= 1, "task.bptt", bptt, "an integer >= 1")
         check(isinstance(variable_bptt, bool), "task.variable_bptt", variable_bptt, "true or false")
+        check(isinstance(drop_last_window, bool), "task.drop_last_window", drop_last_window, "true or false")
         check(is_int(eval_batch_size) and eval_batch_size >= 1, "task.eval_batch_size", eval_batch_size,
               "an integer >= 1")
-        check(is_int(embedding_size) and embedding_size >= 1, "task.embedding_size", embedding_size,
-              "an integer >= 1")
-        check(is_number(dropout) and 0 <= dropout < 1,
-              "task.dropout", dropout, "a number in [0, 1)")
-        check(isinstance(tie_weights, bool), "task.tie_weights", tie_weights, "true or false")
-        check(is_number(init_range) and init_range > 0,
-              "task.init_range", init_range, "a number > 0 (0.1 as pytorch/examples and Zaremba et al.)")
-        check(isinstance(init_cells, bool), "task.init_cells", init_cells, "true or false")
+        check_model_options(embedding_size, dropout, tie_weights, init_range, init_cells, uniform_decoder_bias)
         check(is_int(sample_length) and sample_length >= 0, "task.sample_length", sample_length,
               "an integer >= 0 (0: no sample)")
-        self.dataset = dataset
-        self.level = level or DATASETS[dataset].levels[0]
-        self.data_dir = data_dir
-        self.files = files
-        self.split = split
-        self.max_vocab = max_vocab
-        self.min_freq = min_freq
-        self.bptt = bptt
-        self.variable_bptt = variable_bptt
-        self.eval_batch_size = eval_batch_size
-        self.embedding_size = embedding_size
-        self.dropout = float(dropout)
-        self.tie_weights = tie_weights
-        self.init_range = float(init_range)
-        self.init_cells = init_cells
+        self.dataset, self.level = dataset, level or DATASETS[dataset].levels[0]
+        self.data_dir, self.files, self.split = data_dir, files, split
+        self.max_vocab, self.min_freq = max_vocab, min_freq
+        self.bptt, self.variable_bptt, self.drop_last_window = bptt, variable_bptt, drop_last_window
+        self.eval_batch_size, self.embedding_size, self.dropout = eval_batch_size, embedding_size, float(dropout)
+        self.tie_weights, self.init_range = tie_weights, float(init_range)
+        self.init_cells, self.uniform_decoder_bias = init_cells, uniform_decoder_bias
         self.sample_length = sample_length
         self.metric = "bpc" if self.level == "char" else "ppl"
-        self._vocab: Optional[Vocabulary] = None  # set from a run's vocab.json to rebuild its model
+        self._vocab: Optional[TextVocabulary] = None  # set from a run's vocab.json to rebuild its model
         self._states: dict[bool, object] = {}  # carried state, keyed by model.training (train / eval)
 
     # --- data ---------------------------------------------------------------------------
@@ -231,10 +129,10 @@ class LMTask(Task):
                            max_vocab=self.max_vocab, min_freq=self.min_freq)
 
     @property
-    def vocab(self) -> Vocabulary:
+    def vocab(self) -> TextVocabulary:
         return self._vocab if self._vocab is not None else self.corpus.vocab
 
-    def use_vocabulary(self, vocab: Vocabulary) -> None:
+    def use_vocabulary(self, vocab: TextVocabulary) -> None:
         """Build models for ``vocab`` (a trained run's) without reading the corpus."""
         self._vocab = vocab
 
@@ -251,16 +149,8 @@ class LMTask(Task):
         # batch_size streams per rank; rank r reads streams r*B .. (r+1)*B-1 of the
         # batch_size * world_size streams of the training text (DDP splits the text).
         rows = self._rows("train", self.batch_size * world_size)[rank * self.batch_size:(rank + 1) * self.batch_size]
-        length = rows.shape[1]
-        if self.variable_bptt:
-            @functools.lru_cache(maxsize=2)
-            def schedule(epoch: int):
-                return variable_windows(length, self.bptt, seeded_generator(data_seed, TRAIN_STREAM, epoch))
-        else:
-            windows = fixed_windows(length, self.bptt)
-
-            def schedule(epoch: int):
-                return windows
+        schedule = training_schedule(rows.shape[1], self.bptt, self.variable_bptt, self.drop_last_window,
+                                     lambda epoch: seeded_generator(data_seed, TRAIN_STREAM, epoch))
         return DataLoader(Windows(rows, schedule, start_step, fixed_length=not self.variable_bptt), batch_size=None)
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -300,7 +190,7 @@ class LMTask(Task):
     # --- model, loss, metrics -------------------------------------------------------------
     def build_model(self, make_stack: StackFactory) -> nn.Module:
         return LanguageModel(make_stack, len(self.vocab), self.embedding_size, self.dropout, self.tie_weights,
-                             self.init_range, self.init_cells)
+                             self.init_range, self.init_cells, self.uniform_decoder_bias)
 
     def loss_and_metrics(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, targets, first = batch
@@ -332,7 +222,7 @@ class LMTask(Task):
         if not path.is_file():
             raise ConfigError(f"{run_dir} has no {VOCAB_FILE}: give the directory of a finished `task=lm` run "
                               f"(it writes {VOCAB_FILE} after testing).")
-        self.use_vocabulary(Vocabulary.load(path))
+        self.use_vocabulary(TextVocabulary.load(path))
 
     def generate(self, model: nn.Module, prompt: str, length: int, temperature: float,
                  generator: torch.Generator) -> str:
@@ -350,41 +240,3 @@ class LMTask(Task):
             (run_dir / SAMPLE_FILE).write_text(text + "\n", encoding="utf-8")
             written.update(sample_file=SAMPLE_FILE, sample_temperature=SAMPLE_TEMPERATURE)
         return written
-
-
-@torch.no_grad()
-def sample(model: LanguageModel, vocab: Vocabulary, prompt: str, length: int, temperature: float,
-           generator: torch.Generator) -> str:
-    """The prompt followed by ``length`` tokens drawn from ``softmax(logits / temperature)``.
-
-    The prompt is read in one pass (its final state starts the sampling); an empty
-    prompt starts from ``<eos>`` if the vocabulary has it, else from the first token.
-    """
-    check(isinstance(temperature, (int, float)) and temperature > 0, "--temperature", temperature, "a number > 0")
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        tokens = vocab.tokenize(prompt)
-        ids = vocab.encode(tokens) if tokens else torch.tensor([vocab.index.get("<eos>", 0)])
-        logits, state = model(ids.view(1, -1).to(device))
-        drawn = []
-        for _ in range(length):
-            probs = F.softmax(logits[0, -1].double().cpu() / temperature, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-            drawn.append(token)
-            logits, state = model(torch.tensor([[token]], device=device), state)
-    finally:
-        model.train(was_training)
-    separator = vocab.join if prompt and drawn else ""
-    return prompt + separator + vocab.decode(drawn)
-
-
-def generate_from_run(run_dir: str | Path, prompt: str = "", length: int = 200, temperature: float = 1.0,
-                      seed: int = 0) -> str:
-    """Sample from a finished ``lm`` run (:func:`rnnbench.experiment.load_run`: its model from
-    ``config.yaml`` and ``vocab.json``, no corpus needed, the weights of ``best.ckpt``), on the CPU."""
-    from rnnbench.experiment import load_run
-
-    experiment = load_run(run_dir)
-    return experiment.task.generate(experiment.model, prompt, length, temperature, seeded_generator(seed))

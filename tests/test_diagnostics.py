@@ -3,6 +3,8 @@ training length, in process on tiny trained models."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -101,3 +103,44 @@ def test_diagnostics_flag_must_be_a_boolean():
     config["diagnostics"] = "yes"
     with pytest.raises(ConfigError, match="diagnostics='yes' is invalid"):
         build_experiment(config)
+
+
+# --- every task: language modelling and translation (issue 12.5) -------------------------------
+def _task_experiment(task: str, cell: str):
+    overrides = {"lm": ["task.dataset=demo", "task.bptt=9", "task.eval_batch_size=6", "task.embedding_size=8",
+                        "task.dropout=0.0"],
+                 "translation": ["task.synthetic_train_size=200", "task.synthetic_val_size=40",
+                                 "task.synthetic_test_size=40", "task.batch_size=16", "task.embedding_size=8"]}[task]
+    return build_experiment(compose_config([f"task={task}", f"cell={cell}", "cell.hidden_size=8", *overrides]))
+
+
+@pytest.mark.parametrize("task", ["lm", "translation"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_diagnostics_on_the_real_text_tasks(task, cell):
+    """The diagnostic batch of the LM (inputs, targets, first) and of translation (src,
+    lengths, tgt, index), through the same collect: gradients through time of the first
+    stack (the translation encoder), the retention gate's view, and no decoding."""
+    exp = _task_experiment(task, cell)
+    batch = exp.task.diagnostic_batch(0, 5)
+    data = diagnostics.collect(exp.task, exp.model, batch)
+    steps = batch[0].shape[1]  # LM: the window; translation: the longest source of the batch
+    assert data["batch_size"] == 5 and data["seq_len"] == steps == len(data["grad_norm"])
+    assert all(math.isfinite(g) and g > 0 for g in data["grad_norm"]), data["grad_norm"]
+    gate = {"gru": "l0.fwd.z", "lstm": "l0.fwd.f"}[cell]
+    assert data["retention"]["gate"] == gate and len(data["retention"]["values"]) == steps
+    assert all(0 < v < 1 for v in data["retention"]["values"])
+    if task == "translation":  # the loss ran outside an evaluation pass: nothing was decoded
+        assert exp.task._hypotheses == {} and exp.task._stage is None
+    else:  # independent oracle at the last step: only the last prediction reads the top state h_T
+        inputs, targets, _ = batch
+        with torch.no_grad():
+            logits, (state,) = exp.model(inputs)
+            probs = torch.softmax(logits[:, -1], dim=-1)
+            probs[torch.arange(5), targets[:, -1]] -= 1  # d CE / d logits
+            # l_b = batch-mean loss x B = (1/T) sum_t CE_bt: dl_b/dh_T = W^T (p - y) / T
+            grad_h = probs @ exp.model.decoder.weight / steps
+            squares = grad_h.pow(2).sum(1)
+            if cell == "lstm":  # the state is (h, c), and h_T = o_T * tanh(c_T) also reads c_T
+                h, c = state
+                squares = squares + (grad_h * (h / torch.tanh(c)) * (1 - torch.tanh(c) ** 2)).pow(2).sum(1)
+        assert data["grad_norm"][-1] == pytest.approx(float(squares.sqrt().mean()), rel=1e-4)

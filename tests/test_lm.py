@@ -14,15 +14,16 @@ from torch import nn
 
 from rnnbench import corpora
 from rnnbench.cells.gru import GRU
-from rnnbench.corpora import DATASETS, EOS, UNK, Vocabulary, load_corpus
+from rnnbench.corpora import DATASETS, EOS, UNK, TextVocabulary, load_corpus
 from rnnbench.download import DataError, sha256_of
 from rnnbench.errors import ConfigError
 from rnnbench.lit import build_optimizer
 from rnnbench.registry import get_task
 from rnnbench import config as config_schema
-from rnnbench.experiment import check_plugin_options
+from rnnbench.experiment import check_plugin_options, load_run
 from rnnbench.stack import CellStack
-from rnnbench.tasks.lm import LMTask, Windows, batchify, fixed_windows, generate_from_run, variable_windows
+from rnnbench.bptt import Windows, batchify, fixed_windows, variable_windows
+from rnnbench.tasks.lm import LMTask
 from rnnbench.task import seeded_generator
 
 from conftest import compose_config, run_cli, shared_data, summaries
@@ -207,7 +208,7 @@ def test_demo_corpus_needs_no_download():
 
 
 def test_ptb_char_prompt_and_text_round_trip():
-    vocab = Vocabulary(["a", "b", "_", EOS], "char", "", {"_": " ", EOS: "\n"})
+    vocab = TextVocabulary(["a", "b", "_", EOS], "char", "", {"_": " ", EOS: "\n"})
     assert vocab.tokenize("ab a\n") == ["a", "b", "_", "a", EOS]
     assert vocab.decode(vocab.encode(vocab.tokenize("ab a\n")).tolist()) == "ab a\n"
 
@@ -224,6 +225,20 @@ def test_batchify_and_fixed_windows_cover_every_target_once():
     targets = torch.cat([b[1] for b in batches], dim=1)
     inputs = torch.cat([b[0] for b in batches], dim=1)
     assert torch.equal(targets, rows[:, 1:]) and torch.equal(inputs, rows[:, :-1])
+
+
+def test_full_windows_only_leave_out_the_short_last_window(text_file):
+    assert fixed_windows(25, 7, full_only=True) == [(0, 7), (7, 7), (14, 7)]
+    assert fixed_windows(22, 7, full_only=True) == fixed_windows(22, 7) == [(0, 7), (7, 7), (14, 7)]
+    # Zaremba et al.'s PTB epoch: 46,479 tokens per stream, floor(46,479 / 20) = 2,323 windows of 20.
+    windows = fixed_windows(929_589 // 20, 20, full_only=True)
+    assert len(windows) == 2323 and {n for _, n in windows} == {20}
+    drawn = variable_windows(500, 35, seeded_generator(0, 1, 0), full_only=True)
+    every = variable_windows(500, 35, seeded_generator(0, 1, 0))
+    assert drawn == every[:len(drawn)] and len(drawn) in (len(every), len(every) - 1)
+    task = LMTask(dataset="text", level="char", files=[str(text_file)], bptt=9, batch_size=4, drop_last_window=True)
+    batches = list(task.train_dataloader(0))
+    assert {b[0].shape[1] for b in batches} == {9} and len(batches) == (task._rows("train", 4).shape[1] - 1) // 9
 
 
 def test_variable_windows_are_a_function_of_seed_and_epoch():
@@ -321,6 +336,20 @@ def test_init_cells_draws_every_cell_parameter_in_range(text_file):
     assert not model.decoder.bias.any()
 
 
+@pytest.mark.parametrize("uniform_decoder_bias", [False, True])
+def test_uniform_init_of_every_parameter_includes_the_decoder_bias_on_request(text_file, uniform_decoder_bias):
+    task = LMTask(dataset="text", files=[str(text_file)], init_cells=True, init_range=0.05,
+                  uniform_decoder_bias=uniform_decoder_bias)
+    torch.manual_seed(0)
+    model = task.build_model(make_stack_factory(hidden_size=64))
+    assert all(p.abs().max() <= 0.05 for p in model.parameters())
+    bias = model.decoder.bias
+    if uniform_decoder_bias:  # Zaremba et al.'s main.lua: every parameter ~ U(-0.05, 0.05) here
+        assert bias.abs().min() > 0 and bias.min() < -0.02 and bias.max() > 0.02
+    else:  # pytorch/examples: 0
+        assert not bias.any()
+
+
 def test_step_schedule_first_decay_step():
     def lrs(**optim):
         params = [nn.Parameter(torch.zeros(1))]
@@ -355,8 +384,8 @@ def test_bidirectional_cell_is_refused_for_language_modelling(workdir):
 @pytest.mark.slow
 def test_time_machine_run_beats_the_unigram_baseline_and_generates(workdir):
     env = {"RNNBENCH_DATA_DIR": str(DATA)}
-    proc = run_cli([*LM_TINY, "task.dataset=timemachine", "trainer.max_steps=60", "trainer.val_check_interval=30"],
-                   workdir, env=env)
+    proc = run_cli([*LM_TINY, "task.dataset=timemachine", "trainer.max_steps=60", "trainer.val_check_interval=30",
+                    "diagnostics=true"], workdir, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")
     assert record["status"] == "finished" and record["metric"] == "bpc"
@@ -368,6 +397,8 @@ def test_time_machine_run_beats_the_unigram_baseline_and_generates(workdir):
     vocab = json.loads((run_dir / "vocab.json").read_text())
     assert len(vocab["tokens"]) == 27 and vocab["level"] == "char"
     assert len((run_dir / "sample.txt").read_text().strip()) >= 40
+    diagnostics = json.loads((run_dir / record["diagnostics"]).read_text())  # diagnostics=true works for lm
+    assert len(diagnostics["grad_norm"]) == 35 and all(g > 0 for g in diagnostics["grad_norm"])
     # Generation rebuilds the model from config.yaml + vocab.json, without the corpus.
     gen = run_cli(["generate", str(run_dir), "--prompt", "the time ", "--length", "30", "--seed", "1"], workdir,
                   env={"RNNBENCH_DATA_DIR": str(workdir / "no-data")})
@@ -375,9 +406,10 @@ def test_time_machine_run_beats_the_unigram_baseline_and_generates(workdir):
     text = gen.stdout.rstrip("\n")
     assert text.startswith("the time ") and len(text) == len("the time ") + 30
     assert set(text) <= set(vocab["tokens"])
-    assert generate_from_run(run_dir, "the time ", 30, 1.0, seed=1) == text  # seeded, and the same in-process
+    experiment = load_run(run_dir)  # the same in-process, seeded as the CLI's --seed
+    assert experiment.task.generate(experiment.model, "the time ", 30, 1.0, seeded_generator(1)) == text
     with pytest.raises(ConfigError, match="has no config.yaml"):
-        generate_from_run(workdir)
+        load_run(workdir)
 
 
 # --- presets -----------------------------------------------------------------------------------
@@ -397,7 +429,7 @@ def test_lm_presets_compose_validate_and_count_epochs_right(preset, train_tokens
     if config["optim"]["schedule"] == "step":
         assert config["optim"]["step_size"] == epoch and config["optim"]["first_decay_step"] % epoch == 0
     if train_tokens is not None:
-        assert len(fixed_windows(train_tokens // task.batch_size, task.bptt)) == epoch
+        assert len(fixed_windows(train_tokens // task.batch_size, task.bptt, full_only=task.drop_last_window)) == epoch
     elif DATA is not None:
         task.data_dir = str(DATA)
         assert len(task.train_dataloader(0)) == epoch

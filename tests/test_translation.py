@@ -13,10 +13,12 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_cli, shared_data, summaries
-from rnnbench import parallel_data as pd
+from rnnbench import dates, parallel_data
+from rnnbench.decoding import beam_search, greedy, select_rows
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS, get_task
-from rnnbench.seq2seq import ATTENTIONS, Seq2Seq
+from rnnbench.models import count_parameters
+from rnnbench.seq2seq import ATTENTIONS, EncoderOutput, Seq2Seq
 from rnnbench.stack import CellStack
 from rnnbench.task import seeded_generator
 from rnnbench.tasks.translation import TranslationTask
@@ -80,10 +82,10 @@ def test_appending_padding_changes_nothing(attention):
     model = tiny_model(attention)
     src, lengths, tgt = random_batch()
     longer = torch.cat([src, torch.zeros(4, 6, dtype=torch.long)], dim=1)
-    short, long_ = model.encode(src, lengths), model.encode(longer, lengths)
+    (short, _), (long_, _) = model.encode(src, lengths), model.encode(longer, lengths)
     real = (torch.arange(7)[None] < lengths[:, None])[..., None]
-    torch.testing.assert_close(short["memory"] * real, long_["memory"][:, :7] * real)
-    assert (long_["memory"][:, 7:] == 0).all()
+    torch.testing.assert_close(short.memory * real, long_.memory[:, :7] * real)
+    assert (long_.memory[:, 7:] == 0).all()
     logits_short, weights_short = model(src, lengths, tgt)
     logits_long, weights_long = model(longer, lengths, tgt)
     torch.testing.assert_close(logits_short, logits_long)
@@ -99,7 +101,7 @@ def test_luong_general_matches_its_equation():
     memory = torch.randn(2, 4, 24, dtype=torch.double)
     query = torch.randn(2, 12, dtype=torch.double)
     mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
-    context, weights = attention(query, attention.keys(memory), memory, mask)
+    context, weights = attention.attend(query, EncoderOutput(memory, attention.keys(memory), mask))
     W = attention.key_map.weight  # (12, 24)
     for b in range(2):
         n = int(mask[b].sum())
@@ -124,18 +126,18 @@ def test_teacher_forcing_ratio_zero_feeds_the_model_its_own_predictions():
 def test_beam_size_one_equals_greedy(attention):
     model = tiny_model(attention)
     src, lengths, _ = random_batch()
-    greedy, _ = model.greedy(src, lengths, max_len=9, bos=1, eos=2)
-    beam = model.beam_search(src, lengths, max_len=9, bos=1, eos=2, beam_size=1, length_penalty=0.6)
-    assert torch.equal(greedy, beam)
+    greedy_tokens, _ = greedy(model, src, lengths, max_len=9, bos=1, eos=2)
+    beam = beam_search(model, src, lengths, max_len=9, bos=1, eos=2, beam_size=1, length_penalty=0.6)
+    assert torch.equal(greedy_tokens, beam)
 
 
 @torch.no_grad()
 def sequence_log_prob(model, src, lengths, sequence):
     """Log probability of ``sequence`` (ending in <eos> or at the length limit) by stepping the decoder."""
-    enc = model.encode(src, lengths)
-    state, tokens, total = enc["state"], torch.tensor([1]), 0.0
+    encoded, state = model.encode(src, lengths)
+    tokens, total = torch.tensor([1]), 0.0
     for token in sequence:
-        logits, state, _ = model.step(tokens, state, enc["memory"], enc["keys"], enc["mask"])
+        logits, state, _ = model.step(tokens, state, encoded)
         total += float(torch.log_softmax(logits, -1)[0, token])
         tokens = torch.tensor([token])
     return total
@@ -152,7 +154,7 @@ def test_wide_beam_finds_the_exhaustive_best():
     candidates = [[*prefix, 2] for n in range(max_len) for prefix in itertools.product(words, repeat=n)]
     candidates += [list(prefix) for prefix in itertools.product(words, repeat=max_len)]  # cut at the limit
     best = max(candidates, key=lambda seq: sequence_log_prob(model, src, lengths, seq))
-    found = model.beam_search(src, lengths, max_len=max_len, bos=1, eos=2, beam_size=64, length_penalty=0.0)
+    found = beam_search(model, src, lengths, max_len=max_len, bos=1, eos=2, beam_size=64, length_penalty=0.0)
     found = found[0].tolist()
     found = found[:found.index(2) + 1] if 2 in found else found
     assert found == best
@@ -161,12 +163,12 @@ def test_wide_beam_finds_the_exhaustive_best():
 # --- BLEU ------------------------------------------------------------------------------------
 def test_references_against_themselves_score_100():
     task = TranslationTask(synthetic_val_size=50)
-    val = task.splits(0)["val"]
+    val = task.corpus.splits(0)["val"]
     scores = task.score("val", {i: val.tgt[i][1:] for i in range(len(val))}, data_seed=0)
     assert scores == pytest.approx({"bleu": 100.0, "chrf": 100.0, "exact_match": 1.0})
     assert task._signatures["bleu_signature"].startswith("nrefs:1|case:lc|")
     # A wrong year in every hypothesis costs BLEU and every exact match.
-    _, tgt_vocab = task.vocabularies()
+    _, tgt_vocab = task.corpus.vocabularies()
     wrong = {i: [tgt_vocab.stoi["0" if tgt_vocab.itos[val.tgt[i][1]] != "0" else "1"], *val.tgt[i][2:]]
              for i in range(len(val))}
     degraded = task.score("val", wrong, data_seed=0)
@@ -174,9 +176,9 @@ def test_references_against_themselves_score_100():
 
 
 def test_tokenize_and_detokenize():
-    assert pd.tokenize("Don't stop, Mr. Smith! (Now)") == ["don", "'", "t", "stop", ",", "mr", ".", "smith", "!",
+    assert parallel_data.tokenize("Don't stop, Mr. Smith! (Now)") == ["don", "'", "t", "stop", ",", "mr", ".", "smith", "!",
                                                            "(", "now", ")"]
-    assert pd.detokenize(pd.tokenize("A well-known man's dog, (it barks).", lowercase=False)) == \
+    assert parallel_data.detokenize(parallel_data.tokenize("A well-known man's dog, (it barks).", lowercase=False)) == \
         "A well-known man's dog, (it barks)."
 
 
@@ -184,39 +186,39 @@ def test_detokenized_multi30k_references_score_near_100(data_dir):
     """Tokenise -> detokenise loses only spacing details that sacrebleu's 13a tokeniser ignores."""
     import sacrebleu
 
-    references = [t for _, t in pd.read_multi30k("de", "en", data_dir)["val"]]
-    texts = [pd.detokenize(pd.tokenize(r)) for r in references]
+    references = [t for _, t in parallel_data.read_multi30k("de", "en", data_dir)["val"]]
+    texts = [parallel_data.detokenize(parallel_data.tokenize(r)) for r in references]
     assert sacrebleu.corpus_bleu(texts, [references], lowercase=True).score > 99.0
 
 
 # --- data ------------------------------------------------------------------------------------
 def test_multi30k_splits_have_the_published_sizes(data_dir):
-    splits = pd.read_multi30k("de", "en", data_dir)
+    splits = parallel_data.read_multi30k("de", "en", data_dir)
     assert {k: len(v) for k, v in splits.items()} == {"train": 29000, "val": 1014, "test": 1000}
     assert splits["train"][0] == ("Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
                                   "Two young, White males are outside near many bushes.")
-    assert len(pd.read_multi30k("fr", "cs", data_dir)["test"]) == 1000
+    assert len(parallel_data.read_multi30k("fr", "cs", data_dir)["test"]) == 1000
 
 
 def test_multi30k_task_vocabularies_and_lengths(data_dir):
     task = TranslationTask(dataset="multi30k", data_dir=str(data_dir), min_freq=2)
-    splits = task.splits(0)
-    src_vocab, tgt_vocab = task.vocabularies()
+    splits = task.corpus.splits(0)
+    src_vocab, tgt_vocab = task.corpus.vocabularies()
     assert len(splits["val"]) == 1014 and len(splits["test"]) == 1000 and len(splits["train"]) >= 28900
     assert 5000 < len(src_vocab) < 10000 and 4000 < len(tgt_vocab) < 8000  # de and en, min_freq 2
-    assert src_vocab.itos[:4] == list(pd.SPECIALS)
+    assert src_vocab.itos[:4] == list(parallel_data.SPECIALS)
 
 
 def test_tatoeba_and_small_fr_en_files(data_dir):
-    tatoeba = pd.read_tsv_pairs(data_dir / "tatoeba_eng_fra_5k" / "eng-fra.txt")
+    tatoeba = parallel_data.read_tsv_pairs(data_dir / "tatoeba_eng_fra_5k" / "eng-fra.txt")
     assert len(tatoeba) == 5000 and tatoeba[0] == ("Go.", "Va !")
-    reverse = pd.read_tsv_pairs(data_dir / "tatoeba_eng_fra_5k" / "eng-fra.txt", reverse=True)
+    reverse = parallel_data.read_tsv_pairs(data_dir / "tatoeba_eng_fra_5k" / "eng-fra.txt", reverse=True)
     assert reverse[0] == ("Va !", "Go.")
-    small = pd.read_tsv_pairs(data_dir / "d2l_fr_en_small" / "fr-en-small.txt")
+    small = parallel_data.read_tsv_pairs(data_dir / "d2l_fr_en_small" / "fr-en-small.txt")
     assert len(small) == 20 and small[0] == ("elle est vieille .", "she is old .")
     task = TranslationTask(dataset="tsv", path="tatoeba_eng_fra_5k/eng-fra.txt", data_dir=str(data_dir),
                            reverse=True)
-    assert {k: len(v) for k, v in task.splits(0).items()} == {"val": 500, "test": 500, "train": 4000}
+    assert {k: len(v) for k, v in task.corpus.splits(0).items()} == {"val": 500, "test": 500, "train": 4000}
 
 
 @pytest.mark.parametrize("content, options, message", [
@@ -231,35 +233,35 @@ def test_messy_tsv_files_fail_with_the_line_number(tmp_path, content, options, m
     path = tmp_path / "pairs.tsv"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
-        pd.read_tsv_pairs(path, **options)
+        parallel_data.read_tsv_pairs(path, **options)
 
 
 def test_messy_but_valid_tsv_files_load(tmp_path):
     path = tmp_path / "pairs.tsv"
     # BOM, a header, CRLF and lone CR endings, blank lines, extra columns, stray spaces.
     path.write_bytes("\ufeffen\tfr\r\nHi.\tSalut !\tCC-BY\r\n\r\n Go. \tVa !\rRun!\tCours !".encode())
-    assert pd.read_tsv_pairs(path, header_lines=1) == [("Hi.", "Salut !"), ("Go.", "Va !"), ("Run!", "Cours !")]
+    assert parallel_data.read_tsv_pairs(path, header_lines=1) == [("Hi.", "Salut !"), ("Go.", "Va !"), ("Run!", "Cours !")]
 
 
 def test_synthetic_dates_words_and_splits():
-    assert pd.date_in_words(2005, 3, 3, 0) == "the third of march two thousand and five"
-    assert pd.date_in_words(1984, 11, 22, 1) == "november twenty second nineteen eighty four"
-    assert pd.date_in_words(1905, 6, 30, 2) == "30 june nineteen oh five"
-    assert pd.ordinal_words(30) == "thirtieth" and pd.year_words(1900) == "nineteen hundred"
-    assert pd.iso_target(2005, 3, 3) == "2 0 0 5 - 0 3 - 0 3"
+    assert dates.date_in_words(2005, 3, 3, 0) == "the third of march two thousand and five"
+    assert dates.date_in_words(1984, 11, 22, 1) == "november twenty second nineteen eighty four"
+    assert dates.date_in_words(1905, 6, 30, 2) == "30 june nineteen oh five"
+    assert dates.ordinal_words(30) == "thirtieth" and dates.year_words(1900) == "nineteen hundred"
+    assert dates.iso_target(2005, 3, 3) == "2 0 0 5 - 0 3 - 0 3"
     task = TranslationTask(synthetic_train_size=3000, synthetic_val_size=200, synthetic_test_size=200)
-    splits = task.splits(7)
+    splits = task.corpus.splits(7)
     assert all(3 not in s for data in splits.values() for s in data.src)  # no <unk>: the vocabulary is complete
     raw = {k: set(zip(v.sources, v.references)) for k, v in splits.items() if k != "train"}
     assert not raw["val"] & raw["test"]
-    again = TranslationTask(synthetic_train_size=3000, synthetic_val_size=200, synthetic_test_size=200).splits(7)
+    again = TranslationTask(synthetic_train_size=3000, synthetic_val_size=200, synthetic_test_size=200).corpus.splits(7)
     assert again["val"].sources == splits["val"].sources  # a pure function of the data seed
-    assert task.splits(8)["val"].sources != splits["val"].sources
+    assert task.corpus.splits(8)["val"].sources != splits["val"].sources
 
 
 def test_vocabulary_min_freq_and_specials():
-    vocab = pd.Vocabulary.build([["a", "b", "a"], ["c", "a", "b"]], min_freq=2)
-    assert vocab.itos == [*pd.SPECIALS, "a", "b"]
+    vocab = parallel_data.SentenceVocabulary.build([["a", "b", "a"], ["c", "a", "b"]], min_freq=2)
+    assert vocab.itos == [*parallel_data.SPECIALS, "a", "b"]
     assert vocab.encode(["a", "c"]) == [4, 3]
     assert vocab.decode([4, 5, 3, 2, 4]) == ["a", "b", "<unk>"]
 
@@ -293,7 +295,7 @@ def test_every_cell_serves_as_encoder_and_decoder(cell, bidirectional):
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert any(g.abs().sum() > 0 for g in grads)
     model.eval()
-    tokens, weights = model.greedy(src, lengths, max_len=6, bos=1, eos=2)
+    tokens, weights = greedy(model, src, lengths, max_len=6, bos=1, eos=2)
     assert tokens.shape[0] == 4 and tokens.shape[1] <= 6 and weights.shape[:2] == tokens.shape
 
 
@@ -329,6 +331,40 @@ def test_bad_options_are_refused(options, message):
         TranslationTask(**options)
 
 
+# --- what the run record counts (issue 12.4) -------------------------------------------------------
+def gru_bahdanau_groups(src_vocab: int, tgt_vocab: int, hidden: int, embedding: int) -> dict[str, int]:
+    """Parameters of a one-layer GRU encoder-decoder with Bahdanau attention, written out by
+    hand (GRU: W_ih (3H, I), W_hh (3H, H), two biases (3H); Bahdanau et al.'s W, U, v, W_s)."""
+    gru = lambda inputs: 3 * hidden * (inputs + hidden) + 2 * 3 * hidden  # noqa: E731
+    return {"encoder": gru(embedding), "decoder": gru(embedding + hidden),  # decoder reads [E y; c_t]
+            "bridge": hidden * hidden + hidden,  # tanh(W s_enc + b)
+            "attention": hidden * hidden + (hidden * hidden + hidden) + hidden + (hidden * hidden + hidden),
+            "embeddings": (src_vocab + tgt_vocab) * embedding,
+            "output": (hidden + hidden + embedding) * tgt_vocab + tgt_vocab}  # W_o [s_t; c_t; E y_{t-1}]
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("cell, bidirectional", [("gru", False), ("lstm", True)])
+def test_parameter_groups_partition_the_model(attention, cell, bidirectional):
+    task = TranslationTask(attention=attention, synthetic_train_size=50, synthetic_val_size=10,
+                           synthetic_test_size=10)
+    model = task.build_model(factory(cell, hidden=12, layers=2, bidirectional=bidirectional))
+    groups = {name: {id(p) for p in part.parameters()} for name, part in task.parameter_groups(model).items()}
+    assert set(groups) == {"encoder", "decoder", "bridge", "attention", "embeddings", "output"}
+    assert sum(len(ids) for ids in groups.values()) == len(set().union(*groups.values()))  # disjoint
+    assert set().union(*groups.values()) == {id(p) for p in model.parameters()}  # and complete
+    counts = {name: count_parameters(part) for name, part in task.parameter_groups(model).items()}
+    assert sum(counts.values()) == count_parameters(model)
+
+
+def test_parameter_groups_match_a_count_by_hand():
+    task = TranslationTask(synthetic_train_size=50, synthetic_val_size=10, synthetic_test_size=10)
+    src_vocab, tgt_vocab = (len(v) for v in task.corpus.vocabularies())
+    model = task.build_model(factory("gru", hidden=64, bidirectional=False))
+    counts = {name: count_parameters(part) for name, part in task.parameter_groups(model).items()}
+    assert counts == gru_bahdanau_groups(src_vocab, tgt_vocab, hidden=64, embedding=64)
+
+
 # --- end to end ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_synthetic_run_translates_dates(workdir):
@@ -338,10 +374,16 @@ def test_short_synthetic_run_translates_dates(workdir):
     proc = run_cli(["task=translation", "cell=gru", "cell.hidden_size=64", "task.synthetic_val_size=200",
                     "task.synthetic_test_size=200", "task.beam_size=2", "trainer.max_steps=250",
                     "trainer.val_check_interval=125", "trainer.stop_when_solved=true", "trainer.progress_bar=none",
-                    "trainer.threads=1"],
+                    "trainer.threads=1", "diagnostics=true"],
                    workdir, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = summaries(workdir / "results")
+    # The record counts the whole model and each part (encoder, decoder, attention ...), both stacks'
+    # cells and states: here a one-layer GRU of 64 each way, so 64 + 64 floats of state.
+    vocab_sizes = record["artifacts"]["vocab_sizes"]
+    groups = gru_bahdanau_groups(vocab_sizes["source"], vocab_sizes["target"], hidden=64, embedding=64)
+    assert record["param_groups"] == groups and record["params"] == sum(groups.values())
+    assert record["cell_params"] == groups["encoder"] + groups["decoder"] and record["state_size"] == 64 + 64
     test = record["metrics"]["test"]
     assert test["exact_match"] >= 0.8 and test["bleu"] >= 85, test
     assert record["artifacts"]["bleu_signature"].startswith("nrefs:1|case:lc|eff:no|tok:13a")
@@ -351,7 +393,11 @@ def test_short_synthetic_run_translates_dates(workdir):
         run_dir = workdir / run_dir
     maps = json.loads((run_dir / "attention" / "attention.json").read_text())
     assert len(maps["sentences"]) == 4 and (run_dir / "attention" / "val_0.png").stat().st_size > 1000
-    assert json.loads((run_dir / "vocab.json").read_text())["target"][:4] == list(pd.SPECIALS)
+    assert json.loads((run_dir / "vocab.json").read_text())["target"][:4] == list(parallel_data.SPECIALS)
+    # diagnostics=true works after a translation run: the encoder's gradients through time.
+    diagnostics = json.loads((run_dir / record["diagnostics"]).read_text())
+    assert diagnostics["grad_norm"] and all(g > 0 for g in diagnostics["grad_norm"])
+    assert diagnostics["retention"]["gate"] == "l0.fwd.z"
 
 
 @pytest.mark.slow
