@@ -148,6 +148,20 @@ def test_memory_horizon_is_monotone_with_per_seed_horizons(tmp_path):
     assert shown["gru"]["seeds' horizons"] == "0: ≥40, 1: 20"  # seed 0 solved the longest T it tried
     assert shown["sru"]["T tried"] == "10, 20, 40, 80" and shown["sru"]["horizon"] == "40"
     assert shown["lstm"]["median [interval] (coverage)"] == "- [-, -] (75%)"
+    assert (shown["sru"]["params"], shown["sru"]["state size"], shown["sru"]["sized by"]) == ("977", "16", "width 16")
+
+
+def test_matched_size_is_labelled(tmp_path):
+    root = tmp_path / "results"
+    for cell, hidden, params in (("gru", 70, 19_950), ("lstm", 60, 20_100)):
+        for seed in range(2):
+            write_record(root, f"{cell}{seed}", cell=cell, hidden=hidden, param_budget=20_000, params=params,
+                         state_size=hidden * (2 if cell == "lstm" else 1), seed=seed, score=0.005)
+    build_report(root, tmp_path / "out", plots=False)
+    shown = {r["cell_preset"]: r for r in markdown_rows(tmp_path / "out" / "results.md")}
+    assert [(r["params"], r["state size"], r["sized by"]) for r in shown.values()] == [
+        ("19,950", "70", "budget 20,000"), ("20,100", "120", "budget 20,000")]
+    assert "compared at matched size (model.param_budget=20000)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_unlike_configs_are_split_and_the_differing_keys_named(tmp_path):

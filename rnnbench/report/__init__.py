@@ -93,7 +93,7 @@ class Report:
         if not self.horizon.empty:
             lines += ["", "Memory horizon (longest T solved by a majority of seeds there and at every shorter T):",
                       markdown(display_horizon(self.horizon, self.columns))]
-        unswept = self.results[self.results["T"].isna()]  # language modelling, translation: no T axis
+        unswept = self.results[self.results["T"].isna()]  # tasks without a length T (e.g. real corpora)
         if not unswept.empty:
             lines += ["", "Results (test metric, mean ± 95% CI over seeds):",
                       markdown(display_results(unswept, self.columns))]

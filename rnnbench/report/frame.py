@@ -24,6 +24,7 @@ ever missing or filled in afterwards:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,6 +43,8 @@ SEED_KEYS = ("seed", "data_seed", "init_seed")
 # hash ignores (where and how verbosely a run reports), plugin file paths, the protocol stage.
 IGNORED_KEYS = (*SEED_KEYS, *HASH_EXCLUDED_KEYS, "plugins", "stage", f"task.{LENGTH}")
 ENDED = ("finished", "diverged")  # statuses that say something about the cell
+# The record's fields that hold dicts or lists (flattened below, or read where they are needed).
+NESTED_FIELDS = {f.name for f in dataclasses.fields(RunRecord) if "dict" in str(f.type) or "list" in str(f.type)}
 MAX_DIFFERS = 4  # differing keys named in a label before "and N more"
 
 
@@ -78,7 +81,7 @@ def record_row(record: RunRecord) -> dict[str, Any]:
     """One flat row of the frame (see the module docstring)."""
     data = record.to_dict()
     metrics, config = record.metrics or {}, record.config or {}
-    row = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    row = {k: v for k, v in data.items() if k not in NESTED_FIELDS}
     # A version-1 record may name no presets: the cell and task it names are its presets.
     row["cell_preset"], row["task_preset"] = record.cell_preset or record.cell, record.task_preset or record.task
     row["task_name"] = record.task

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .frame import ENDED, SEED_KEYS, first
+from .frame import ENDED, SEED_KEYS, as_float, first
 
 CONFIDENCE = 0.95
 
@@ -105,11 +105,16 @@ def row_numbers(runs: pd.DataFrame) -> dict:
         "n": n, "mean": mean, "ci95": ci95, "baseline": _mean(runs["baseline"]),
         "solved": len(solved), "ended": len(ended), "solved_low": low, "solved_high": high,
         "has_criterion": bool(runs["solved_threshold"].notna().any()),
-        "steps_to_solve": _median(solved["steps_to_solve"]), "params": _median(runs["params"]),
-        "state_size": _median(runs["state_size"]), "param_budget": first(runs["param_budget"]),
-        "hidden_size": first(runs["hidden_size"]), "tokens_per_s": _mean(runs["tokens_per_s"]),
+        "steps_to_solve": _median(solved["steps_to_solve"]), **sizes(runs), "tokens_per_s": _mean(runs["tokens_per_s"]),
         "metric_mode": first(runs["metric_mode"]), "solved_threshold": first(runs["solved_threshold"]),
     }
+
+
+def sizes(runs: pd.DataFrame) -> dict:
+    """How big the models of a row are (the same for runs of one config): parameters (whole
+    model) and recurrent state size (floats per sequence), medians; the budget or width set."""
+    return {"params": _median(runs["params"]), "state_size": _median(runs["state_size"]),
+            "param_budget": first(runs["param_budget"]), "hidden_size": first(runs["hidden_size"])}
 
 
 def results_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -153,8 +158,8 @@ def horizon_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     keys = ["task", "task_preset", "metric", *columns, "config_key"]
     rows = []
     for values, group in runs.groupby(keys, dropna=False, sort=True):
-        rows.append({**dict(zip(keys, values)), **_labels(group), **series_horizon(group)})
-    return pd.DataFrame(rows, columns=[*keys, *_labels(runs), *series_horizon(runs.iloc[:0])])
+        rows.append({**dict(zip(keys, values)), **_labels(group), **series_horizon(group), **sizes(group)})
+    return pd.DataFrame(rows, columns=[*keys, *_labels(runs), *series_horizon(runs.iloc[:0]), *sizes(runs.iloc[:0])])
 
 
 def _labels(runs: pd.DataFrame) -> dict:
@@ -168,21 +173,17 @@ def length_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     the metric's mean and t interval, solved k / n."""
     keys = ["task", "task_preset", "subject", "metric", *columns, "T", "config_key", "differs", "series"]
     rows = []
-    for _, run in runs[runs["length_generalisation"].map(bool) & runs["status"].isin(ENDED)].iterrows():
-        base = {k: run[k] for k in keys}
-        rows.append({**base, "eval": "test", "value": run["test"], "solved": bool(run["solved"])})
-        for length, metrics in run["length_generalisation"].items():
-            rows.append({**base, "eval": str(length), "value": metrics.get(run["metric"]),
-                         "solved": bool(metrics.get("solved"))})
-    long = pd.DataFrame(rows)
-    if long.empty:
-        return long
-    table = []
-    for values, group in long.groupby([*keys, "eval"], dropna=False, sort=True):
-        mean, ci95, n = mean_ci(group["value"])
-        table.append({**dict(zip([*keys, "eval"], values)), "n": n, "mean": mean, "ci95": ci95,
-                      "solved": int(group["solved"].sum()), "ended": len(group)})
-    return pd.DataFrame(table)
+    with_lengths = runs[runs["length_generalisation"].map(bool) & runs["status"].isin(ENDED)]
+    for values, group in with_lengths.groupby(keys, dropna=False, sort=True):
+        scores = {"test": list(zip(group["test"], group["solved"]))}
+        for per_length, metric in zip(group["length_generalisation"], group["metric"]):
+            for length, metrics in per_length.items():
+                scores.setdefault(str(length), []).append((as_float(metrics.get(metric)), metrics.get("solved")))
+        for evaluation, pairs in scores.items():
+            mean, ci95, n = mean_ci([value for value, _ in pairs])
+            rows.append({**dict(zip(keys, values)), **sizes(group), "eval": evaluation, "n": n, "mean": mean,
+                         "ci95": ci95, "solved": sum(bool(s) for _, s in pairs), "ended": len(pairs)})
+    return pd.DataFrame(rows)
 
 
 def tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -196,8 +197,9 @@ def tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
     for values, group in trials.groupby(keys, dropna=False, sort=True):
         mean, ci95, n = mean_ci(group["val_best"])
         rows.append({**dict(zip(keys, values)), "n": n, "val_mean": mean, "val_ci95": ci95,
-                     "metric_mode": first(group["metric_mode"]), "chosen": ""})
-    table = pd.DataFrame(rows, columns=[*keys, "n", "val_mean", "val_ci95", "metric_mode", "chosen"])
+                     "metric_mode": first(group["metric_mode"]), "chosen": "", **sizes(group)})
+    table = pd.DataFrame(rows, columns=[*keys, "n", "val_mean", "val_ci95", "metric_mode", "chosen",
+                                        *sizes(trials.iloc[:0])])
     for (task_preset, cell_preset), trial in table.groupby(["task_preset", "cell_preset"], sort=False):
         same = used[(used["task_preset"] == task_preset) & (used["cell_preset"] == cell_preset)]
         applied = finite((t.get("values") or {}).get("optim.lr") for t in same["tuning"])

@@ -65,6 +65,14 @@ def size_text(budget, hidden) -> str:
     return f"width {count(hidden)}"
 
 
+def with_sizes(table: pd.DataFrame, numbers: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the model size columns of every table: ``params``, ``state size``, ``sized by``."""
+    return table.assign(**{"params": numbers["params"].map(count).to_numpy(),
+                           "state size": numbers["state_size"].map(count).to_numpy(),
+                           "sized by": [size_text(b, h) for b, h in zip(numbers["param_budget"],
+                                                                         numbers["hidden_size"])]})
+
+
 def status_text(row) -> str:
     return ", ".join(f"{row[s]} {s}" for s in ("finished", "diverged", "failed", "other") if row[s])
 
@@ -88,9 +96,7 @@ def display_results(results: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     table["solved [95% CI]"] = [solved_text(*v) for v in zip(results["solved"], results["ended"], results["solved_low"],
                                                             results["solved_high"], results["has_criterion"])]
     table["runs"] = results.apply(status_text, axis=1)
-    table["params"] = results["params"].map(count)
-    table["state size"] = results["state_size"].map(count)
-    table["sized by"] = [size_text(b, h) for b, h in zip(results["param_budget"], results["hidden_size"])]
+    table = with_sizes(table, results)
     table["steps to solve"] = results["steps_to_solve"].map(count)
     table["tokens/s"] = results["tokens_per_s"].map(count)
     return table
@@ -116,7 +122,7 @@ def display_horizon(horizon: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     table["T tried"] = horizon["tried"].map(lambda ts: ", ".join(length(T) for T in ts))
     table["solved / ended by T [95% CI]"] = horizon["by_length"].map(lambda by: ", ".join(
         f"{length(T)}: {solved_text(*counts)}" for T, counts in by.items()))
-    return table
+    return with_sizes(table, horizon)
 
 
 def horizon_numbers(horizon: pd.DataFrame) -> pd.DataFrame:
@@ -133,9 +139,9 @@ def display_lengths(lengths: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             for m, n, s, e in zip(lengths["mean"], lengths["n"], lengths["solved"], lengths["ended"])]
     index = ["task", "task_preset", "metric", *columns, "T", "differs", "series"]
     evals = sorted(set(lengths["eval"]), key=lambda e: (e != "test", float(e) if e != "test" else 0))
-    rows = [{**dict(zip(index, values)), **dict(zip(group["eval"], group["value"]))}
-            for values, group in lengths.assign(value=cell).groupby(index, dropna=False, sort=False)]
-    wide = pd.DataFrame(rows, columns=[*index, *evals])
+    groups = list(lengths.assign(value=cell).groupby(index, dropna=False, sort=False))
+    rows = [{**dict(zip(index, values)), **dict(zip(group["eval"], group["value"]))} for values, group in groups]
+    wide = with_sizes(pd.DataFrame(rows, columns=[*index, *evals]), lengths.loc[[g.index[0] for _, g in groups]])
     wide["T"] = wide["T"].map(length)
     wide = wide.drop(columns=["series"] if wide["differs"].astype(bool).any() else ["series", "differs"])
     return wide.fillna("").rename(columns={"test": "test (as recorded)", **{e: f"T'={e}" for e in evals if e != "test"},
@@ -148,7 +154,7 @@ def display_tuning(tuning: pd.DataFrame) -> pd.DataFrame:
     table["validation (mean ± 95% CI)"] = [mean_text(m, c, n, n) for m, c, n in
                                            zip(tuning["val_mean"], tuning["val_ci95"], tuning["n"])]
     table["chosen"] = tuning["chosen"]
-    return table
+    return with_sizes(table, tuning)
 
 
 def display_problems(problems: pd.DataFrame) -> pd.DataFrame:
