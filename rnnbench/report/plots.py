@@ -78,8 +78,12 @@ class Figures:
         return fig, list(axes.flat[:panels])
 
     def save(self, fig, title: str, name: str) -> None:
-        """``plots/<name>.png`` and ``.svg``."""
+        """``plots/<name>.png`` and ``.svg``; every panel with labelled series gets a legend,
+        unless the figure has one for all its panels (:func:`figure_legend`)."""
         plt = pyplot()
+        for ax in fig.axes if not fig.legends else ():
+            if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
         self.folder.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")  # "lm (ptb_word)" -> "lm_ptb_word"
         fig.tight_layout()
@@ -89,10 +93,6 @@ class Figures:
         fig.savefig(self.folder / f"{name}.svg", bbox_inches="tight")
         plt.close(fig)
         self.made.append((title, self.folder / f"{name}.png"))
-
-
-def legend(ax, title: Optional[str] = None) -> None:
-    ax.legend(fontsize="small", title=title, bbox_to_anchor=(1.02, 1), loc="upper left")
 
 
 def log_fits(values: Iterable[float], ratio: float = 20) -> bool:
@@ -132,7 +132,6 @@ def metric_vs_length(figures: Figures, results: pd.DataFrame) -> None:
         ax.set_xscale("log" if log_fits(rows["T"], 7.9) else "linear")
         metric = rows["metric"].iloc[0]
         ax.set(xlabel="sequence length T", ylabel=f"test {metric}", title=f"{subject}: test {metric} (mean, 95% CI)")
-        legend(ax)
         figures.save(fig, f"{subject}: test {metric} vs T", f"metric_vs_T_{subject}")
 
 
@@ -167,7 +166,6 @@ def metric_vs_throughput(figures: Figures, results: pd.DataFrame) -> None:
         metric = rows["metric"].iloc[0]
         ax.set(xlabel="training throughput (tokens/s)", ylabel=f"test {metric} (mean over seeds)",
                title=f"{subject}: {metric} vs throughput (a marker per T)")
-        legend(ax)
         figures.save(fig, f"{subject}: {metric} vs throughput", f"metric_vs_throughput_{subject}")
 
 
@@ -189,8 +187,7 @@ def metric_vs_state_size(figures: Figures, results: pd.DataFrame) -> None:
             ax.set_xscale("log")
             ax.set(xlabel="recurrent state size (floats)", ylabel=f"test {panel['metric'].iloc[0]}",
                    title=f"T={length(T)}")
-            legend(ax)
-        fig.suptitle(f"{subject}: test metric vs state size (mean, 95% CI)")
+            fig.suptitle(f"{subject}: test metric vs state size (mean, 95% CI)")
         figures.save(fig, f"{subject}: metric vs state size", f"metric_vs_state_size_{subject}")
 
 
@@ -208,7 +205,6 @@ def steps_to_solve(figures: Figures, runs: pd.DataFrame) -> None:
         ax.set_yscale("log" if log_fits(rows["steps_to_solve"], 9.9) else "linear")
         ax.set(xlabel="sequence length T", ylabel="steps to solve (validation)",
                title=f"{subject}: steps to solve (dots: runs; lines: median)")
-        legend(ax)
         figures.save(fig, f"{subject}: steps to solve vs T", f"steps_to_solve_{subject}")
 
 
@@ -229,7 +225,6 @@ def length_generalisation(figures: Figures, lengths: pd.DataFrame) -> None:
         metric = task_rows["metric"].iloc[0]
         ax.set(xlabel="evaluation length T'", ylabel=f"test {metric} (mean over seeds)",
                title=f"{subject}: length generalisation")
-        legend(ax)
         figures.save(fig, f"{subject}: length generalisation", f"length_generalisation_{subject}")
 
 
@@ -249,7 +244,6 @@ def lr_sensitivity(figures: Figures, tuning: pd.DataFrame) -> None:
         metric = rows["metric"].iloc[0]
         ax.set(xlabel="learning rate (optim.lr)", ylabel=f"validation {metric} (best; mean over seeds)",
                title=f"{subject}: learning-rate sensitivity (★ chosen)")
-        legend(ax)
         figures.save(fig, f"{subject}: learning-rate sensitivity", f"lr_sensitivity_{subject}")
 
 
@@ -266,7 +260,6 @@ def speed(figures: Figures, speed_rows: pd.DataFrame) -> None:
     draw_lines(ax, mean, "seq_len", "tokens", figures.palette.styles(zip(mean["series"], mean["preset"])))
     ax.set_yscale("log")
     ax.set(xlabel="sequence length T", ylabel="tokens/s (forward + backward)", title="speed benchmark (rnnbench-speed)")
-    legend(ax)
     figures.save(fig, "speed benchmark", "speed")
 
 
