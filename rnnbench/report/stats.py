@@ -37,7 +37,8 @@ CONFIDENCE = 0.95
 
 
 def finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    """The values that are finite numbers, as floats."""
+    return [v for v in map(as_float, values) if math.isfinite(v)]
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, int]:
@@ -214,7 +215,7 @@ def tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def problems_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Every run that did not finish normally, with the first line of its error."""
-    columns = ["task", "task_preset", "cell_preset", "T", "seed", "status", "error", "run_dir"]
+    columns = ["task", "task_preset", "cell_preset", "T", "seed", "stage", "status", "error", "run_dir"]
     bad = runs.loc[runs["status"] != "finished", columns]
     bad = bad.sort_values(["task", "cell_preset", "T", "seed"], na_position="last", kind="stable")
     return bad.assign(error=bad["error"].map(lambda e: str(e).splitlines()[0][:160] if e else ""))
@@ -232,7 +233,8 @@ def _median(series: pd.Series) -> float:
 
 def seed_label(seed: tuple) -> str:
     """``0`` when the data and init seeds follow the seed, else ``0/1/2`` (seed/data/init)."""
-    seed = tuple(None if isinstance(s, float) and math.isnan(s) else s for s in seed)
+    seed = tuple(None if isinstance(s, float) and math.isnan(s) else int(s) if isinstance(s, float) else s
+                 for s in seed)
     return str(seed[0]) if len(set(seed)) == 1 else "/".join(str(s) for s in seed)
 
 
