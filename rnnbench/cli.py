@@ -146,7 +146,7 @@ def generate(argv: list[str]) -> None:
 
 
 def table(argv: list[str]) -> None:
-    from .analysis import summary_table
+    from .report.frame import summary_table
     from .store import load_records
 
     root = Path(argv[0] if argv else "results")

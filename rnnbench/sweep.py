@@ -127,7 +127,7 @@ class SweepEnd(Callback):
         log.info("sweep of %s jobs into %s", total if total is not None else "an adaptive number of", sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from .analysis import summary_table
+        from .report.frame import summary_table
         from .store import load_records, remove_if_only_hydra_files
 
         sweep_dir = Path(config.hydra.sweep.dir)

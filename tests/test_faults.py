@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY, compose_config, run_cli, summaries
 from rnnbench import store
-from rnnbench.analysis import load_records
+from rnnbench.report.frame import load_frame
 from rnnbench.files import write_json_atomic
 from rnnbench.checkpoints import AtomicCheckpointIO, read_checkpoint
 from rnnbench.errors import CheckpointError, ConfigError
@@ -131,9 +131,9 @@ def test_sweep_records_failures_goes_on_and_a_rerun_skips_what_finished(workdir,
     assert len(pointers) == 1
     assert json.loads(pointers[0].read_text())["run_dir"] == by_status["finished"]["run_dir"]
     second_sweep = pointers[0].parent.parent
-    assert sorted(load_records(second_sweep)["status"]) == ["failed", "finished"]
+    assert sorted(load_frame(second_sweep)["status"]) == ["failed", "finished"]
     assert f"rnnbench: 2 runs in {second_sweep.relative_to(workdir)}" in second.stdout
-    assert len(load_records(workdir / "results")) == 3  # each record once for the whole root
+    assert len(load_frame(workdir / "results")) == 3  # each record once for the whole root
 
     result = run_job(faulty_config(workdir, [*jobs, "+task.fail_at_step=null"]), workdir / "unused")
     skipped = result.record.to_dict()
@@ -199,7 +199,7 @@ def test_corrupt_record_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
     (torn / "summary.json").write_text('{"cell": "gru", "status": "fini')
     (odd / "summary.json").write_text("[1, 2]")
     with caplog.at_level(logging.WARNING):
-        frame = load_records(tmp_path)
+        frame = load_frame(tmp_path)
         found = [p for p, r in store.read_records(store.record_paths(tmp_path)) if r.config_hash == "h"]
     assert list(frame["cell"]) == ["gru"] and [p.parent for p in found] == [good]
     warned = " ".join(r.getMessage() for r in caplog.records)

@@ -23,7 +23,8 @@ def test_wheel_has_one_import_name_and_the_yaml_configs(tmp_path):
     assert top_level == {"rnnbench"}
     for required in ("rnnbench/conf/config.yaml", "rnnbench/conf/cell/gru.yaml", "rnnbench/conf/task/adding.yaml",
                      "rnnbench/conf/task/copy.yaml", "rnnbench/conf/trainer/ddp_cpu.yaml",
-                     "rnnbench/conf/optim/adam.yaml", "rnnbench/cells/gru.py", "rnnbench/tasks/adding.py"):
+                     "rnnbench/conf/optim/adam.yaml", "rnnbench/cells/gru.py", "rnnbench/tasks/adding.py",
+                     "rnnbench/report/__init__.py", "rnnbench/report/stats.py"):
         assert required in names, required
     shipped = {n for n in names if n.endswith(".yaml")}
     on_disk = {"rnnbench/conf/" + p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
