@@ -55,7 +55,7 @@ class LRU(Cell):
     """LRU layer (Orvieto et al. 2023): complex diagonal linear recurrence, exponential
     parametrisation, ring initialisation, γ normalisation, ``y = Re(C x) + D u``."""
 
-    option_examples = [{"state_dim": 3}, {"r_min": 0.0, "r_max": 1.0, "max_phase": 6.28}]
+    option_examples = [{"state_dim": 3}]  # (and D a vector: input_size == hidden_size, a size the contract runs)
 
     def __init__(self, input_size: int, hidden_size: int, state_dim: Optional[int] = None, r_min: float = 0.0,
                  r_max: float = 1.0, max_phase: float = 6.28):
