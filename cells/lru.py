@@ -25,6 +25,14 @@ each ``(B, N)``, since the framework's state helpers and checkpoints expect real
 tensors. ``state_dim`` (``N``) defaults to ``hidden_size``. No gates: nothing to expose
 for the diagnostics beyond outputs and states (``|λ|`` is a parameter, not a gate).
 
+``glu=True`` appends the position-wise part of the paper's layer (appendix A,
+``SequenceLayer``): ``y ← GELU(y)`` (tanh approximation, flax's default), then the
+gated linear unit ``y ← (W_1 y + b_1) ⊙ σ(W_2 y + b_2)`` (``torch.nn.Linear``'s
+initialisation); the paper's dropout, residual connection and normalisation are left
+to the model around the stack. Without it the layer is linear in its inputs, and so is
+a stack of such layers (``CellStack`` puts nothing between layers): it cannot compute
+a product of inputs, e.g. the adding problem's value times marker.
+
 Training path (``fused_forward``): the input projection of every step in one GEMM (its
 rows ordered ``re, im`` per state unit, so the result is a complex tensor without a
 copy), the recurrence by the parallel (associative) scan of the paper
@@ -55,16 +63,17 @@ class LRU(Cell):
     """LRU layer (Orvieto et al. 2023): complex diagonal linear recurrence, exponential
     parametrisation, ring initialisation, γ normalisation, ``y = Re(C x) + D u``."""
 
-    option_examples = [{"state_dim": 3}]  # (and D a vector: input_size == hidden_size, a size the contract runs)
+    option_examples = [{"state_dim": 3}, {"glu": True}]  # (and D a vector: input_size == hidden_size, a size the contract runs)
 
     def __init__(self, input_size: int, hidden_size: int, state_dim: Optional[int] = None, r_min: float = 0.0,
-                 r_max: float = 1.0, max_phase: float = 6.28):
+                 r_max: float = 1.0, max_phase: float = 6.28, glu: bool = False):
         super().__init__(input_size, hidden_size)
         check(state_dim is None or (is_int(state_dim) and state_dim >= 1), "cell.state_dim", state_dim,
               "null (the hidden size) or an integer >= 1, the number N of complex state units")
         check(is_number(r_min) and is_number(r_max) and 0.0 <= r_min < r_max <= 1.0, "cell.r_min",
               (r_min, r_max), "0 <= cell.r_min < cell.r_max <= 1 (the ring |λ| is drawn from)")
         check(is_number(max_phase) and max_phase > 0, "cell.max_phase", max_phase, "a number > 0 (radians)")
+        check(isinstance(glu, bool), "cell.glu", glu, "true or false")
         self.state_dim = hidden_size if state_dim is None else state_dim
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         N, H, I = self.state_dim, hidden_size, input_size
@@ -72,6 +81,7 @@ class LRU(Cell):
         self.B_re, self.B_im = nn.Parameter(torch.empty(N, I)), nn.Parameter(torch.empty(N, I))
         self.C_re, self.C_im = nn.Parameter(torch.empty(H, N)), nn.Parameter(torch.empty(H, N))
         self.D = nn.Parameter(torch.empty(H) if I == H else torch.empty(H, I))
+        self.glu = nn.Linear(H, 2 * H) if glu else None  # [W_1; W_2]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,7 +100,7 @@ class LRU(Cell):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, state_dim={self.state_dim}, r_min={self.r_min}, "
-                f"r_max={self.r_max}, max_phase={self.max_phase}")
+                f"r_max={self.r_max}, max_phase={self.max_phase}, glu={self.glu is not None}")
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> LRUState:
         """``(x.real, x.imag)``, zeros ``(B, N)`` each."""
@@ -100,17 +110,21 @@ class LRU(Cell):
 
     # --- size and cost ---------------------------------------------------------------
     @classmethod
-    def num_parameters(cls, input_size: int, hidden_size: int, state_dim: Optional[int] = None, **_) -> int:
-        """``3N`` (ν, θ, γ), ``2NI`` (B), ``2HN`` (C), and ``H`` for ``D`` (``HI`` when ``I != H``)."""
+    def num_parameters(cls, input_size: int, hidden_size: int, state_dim: Optional[int] = None, glu: bool = False,
+                       **_) -> int:
+        """``3N`` (ν, θ, γ), ``2NI`` (B), ``2HN`` (C), ``H`` for ``D`` (``HI`` when ``I != H``),
+        and ``2H(H + 1)`` for the GLU."""
         N, H, I = hidden_size if state_dim is None else state_dim, hidden_size, input_size
-        return 3 * N + 2 * N * I + 2 * H * N + (H if I == H else H * I)
+        return 3 * N + 2 * N * I + 2 * H * N + (H if I == H else H * I) + (2 * H * (H + 1) if glu else 0)
 
     def flops_per_step(self) -> int:
         """``4NI`` for ``γ B u`` (γ folded into the matrix), ``8N`` for the complex update
         ``λ x + Bu`` (4 products, 4 sums), ``4HN`` for ``Re(C x)``, and the skip term:
-        ``2H`` (``D ⊙ u`` and the sum) or ``2HI + H`` with the matrix ``D``."""
+        ``2H`` (``D ⊙ u`` and the sum) or ``2HI + H`` with the matrix ``D``; the GLU adds
+        ``4H²`` (matmul), ``2H`` (biases), ``H`` (GELU) and ``2H`` (σ and the product)."""
         N, H, I = self.state_dim, self.hidden_size, self.input_size
-        return 4 * N * I + 8 * N + 4 * H * N + (2 * H if self.D.dim() == 1 else 2 * H * I + H)
+        flops = 4 * N * I + 8 * N + 4 * H * N + (2 * H if self.D.dim() == 1 else 2 * H * I + H)
+        return flops + (4 * H * H + 5 * H if self.glu is not None else 0)
 
     def eigenvalues(self) -> tuple[Tensor, Tensor]:
         """``(Re λ, Im λ)``, each ``(N,)``."""
@@ -125,7 +139,7 @@ class LRU(Cell):
         return torch.cat([projected, self._skip(u)], dim=-1)
 
     def recurrence(self, p_t: Tensor, state: LRUState) -> tuple[Tensor, LRUState, dict[str, Tensor]]:
-        """``x' = λ x + γ B u`` in real arithmetic, ``y = C_re Re x' − C_im Im x' + D u``."""
+        """``x' = λ x + γ B u`` in real arithmetic, ``y = C_re Re x' − C_im Im x' + D u`` (then the GLU)."""
         N = self.state_dim
         bu_re, bu_im, du = p_t[..., :N], p_t[..., N : 2 * N], p_t[..., 2 * N :]
         x_re, x_im = state
@@ -133,10 +147,14 @@ class LRU(Cell):
         new_re = lam_re * x_re - lam_im * x_im + bu_re
         new_im = lam_re * x_im + lam_im * x_re + bu_im
         y = F.linear(new_re, self.C_re) - F.linear(new_im, self.C_im) + du
-        return y, (new_re, new_im), {}
+        return self._block(y), (new_re, new_im), {}
 
     def _skip(self, u: Tensor) -> Tensor:
         return self.D * u if self.D.dim() == 1 else F.linear(u, self.D)
+
+    def _block(self, y: Tensor) -> Tensor:
+        """With ``glu``: ``GLU(GELU(y))``, position-wise; else ``y``."""
+        return y if self.glu is None else F.glu(self.glu(F.gelu(y, approximate="tanh")), dim=-1)
 
     # --- whole sequences ------------------------------------------------------------
     def fused_forward(self, u: Tensor, state: LRUState, mask: Optional[Tensor]) -> tuple[Tensor, LRUState]:
@@ -151,7 +169,7 @@ class LRU(Cell):
         real = None if mask is None else mask.t().unsqueeze(-1)
         x, last = scan_blocks(lambda b, r, x0: self._scan_block(lam, b, r, x0), [bu, real], torch.complex(*state))
         w_out = torch.stack([self.C_re, -self.C_im], dim=2).reshape(self.hidden_size, 2 * N)
-        y = F.linear(torch.view_as_real(x).reshape(T, batch_size, 2 * N), w_out) + self._skip(u)
+        y = self._block(F.linear(torch.view_as_real(x).reshape(T, batch_size, 2 * N), w_out) + self._skip(u))
         if real is not None:
             y = torch.where(real, y, 0.0)
         return y.transpose(0, 1), (last.real.contiguous(), last.imag.contiguous())
