@@ -54,6 +54,7 @@ class GRU(Cell):
 
     gate_names = ("r", "z", "n")
     retention_gate = "z"
+    option_examples = [{"reset_after": False}, {"bias": False}, {"reset_after": False, "bias": False}]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True):
         super().__init__(input_size, hidden_size)

@@ -55,6 +55,7 @@ class LSTM(Cell):
 
     gate_names = ("i", "f", "g", "o", "c")
     retention_gate = "f"
+    option_examples = [{"forget_bias": 1.0}, {"bias": False}]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0):
         super().__init__(input_size, hidden_size)

@@ -40,6 +40,7 @@ class RNN(Cell):
 
     gate_names = ("a",)
     preactivation_gate = "a"
+    option_examples = [{"nonlinearity": "relu"}, {"bias": False}]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"):
         super().__init__(input_size, hidden_size)

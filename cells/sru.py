@@ -184,6 +184,8 @@ class SRU(Cell):
 
     gate_names = ("f", "r", "c")
     retention_gate = "f"
+    # (the unprojected highway, input_size == hidden_size, is a size the contract tests run too)
+    option_examples = [{"use_tanh": True}, {"rescale": False, "highway_bias": -2.0}, {"bias": False}]
 
     def __init__(
         self,

@@ -38,7 +38,11 @@ core module names a cell):
 - :meth:`resolve_options`: options that depend on the task (IndRNN's bound needs the
   sequence length), resolved when the model is built instead of in YAML;
 - ``constrain_`` (after every optimiser step), ``flops_per_step`` and
-  ``num_parameters`` (formulas, checked by tests).
+  ``num_parameters`` (formulas, checked by tests);
+- ``option_examples``: option sets (constructor keyword arguments) that take code paths
+  the defaults do not (GRU ``reset_after=False``, QRNN ``pooling="ifo"`` ...). The
+  contract tests (``tests/test_cell_contract.py``) run every cell with its defaults,
+  with each of these, and with every preset of ``conf/cell/``.
 
 Depth and direction are not cells: :class:`rnnbench.stack.CellStack` adds
 ``num_layers``, inter-layer dropout and ``bidirectional`` to any cell. A cell whose
@@ -103,6 +107,7 @@ class Cell(nn.Module):
     gate_names: ClassVar[Sequence[str]] = ()
     retention_gate: ClassVar[Optional[str]] = None  # a gate near 1 = the state is kept
     preactivation_gate: ClassVar[Optional[str]] = None  # a pre-activation whose saturation is reported
+    option_examples: ClassVar[Sequence[dict[str, Any]]] = ()  # option sets for other code paths (tests)
     name: ClassVar[str] = ""  # set by @register_cell
 
     def __init__(self, input_size: int, hidden_size: int):

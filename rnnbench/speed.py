@@ -9,19 +9,18 @@ Method
 - **What runs.** Each cell preset (``conf/cell/*.yaml``, default: all of them) is
   built as a :class:`~rnnbench.stack.CellStack` with the preset's layers, direction,
   dropout and cell options, at every point of the grid (T, batch, hidden, input
-  size), in training mode, on a random input ``(B, T, input_size)``. Path ``fast``
-  is the cell's own ``forward``; path ``step`` is its reference loop
-  (``use_fused = False`` where the cell has that flag, else ``Cell.loop_steps``).
-  The preset's inter-layer dropout is kept (it is part of what a training step
-  costs), while references run with ``dropout=0``: for ``stacked_gru`` (dropout 0.1)
-  the candidate does two dropouts more than its reference.
-- **References**, chosen by the cell's registry name, with the same input and
-  hidden sizes, layers and direction, ``dropout=0``, ``batch_first=True``:
-  ``gru`` -> ``torch.nn.GRU``; ``lstm`` -> ``torch.nn.LSTM``; ``rnn`` ->
-  ``torch.nn.RNN`` (same nonlinearity); ``indrnn`` -> ``torch.nn.RNN(relu)``;
-  ``sru`` -> the ``sru`` package's ``SRU`` (time-first, its only layout: the input
-  is transposed once, outside the timing; skipped with a note if not importable)
-  and ``torch.nn.LSTM``. Any other cell gets no reference and no ratio.
+  size), by :func:`rnnbench.experiment.build_stack` (as a run builds it; options that
+  depend on the task resolved without one), in training mode, on a random input
+  ``(B, T, input_size)``. Path ``fast`` is the stack's ``forward`` (each cell's
+  ``fused_forward`` where it has one); path ``step`` is the same stack with
+  ``use_fused = False`` on every cell (``Cell.loop_forward``: one projection GEMM,
+  then the recurrence step by step). The preset's inter-layer dropout is kept (it is
+  part of what a training step costs), while references run with ``dropout=0``.
+- **References**: what the cell class declares (``Cell.reference_modules``: the best existing
+  implementation of the same or the closest layer), with the same input and hidden sizes,
+  layers and direction. A time-first reference gets the input transposed once,
+  outside the timing; a reference that cannot be built here is left out, with the
+  cell's warning as a note. A cell that declares none gets no ratio.
 - **Timing.** ``fwd`` is one forward call (autograd recording, as in training);
   ``fwd+bwd`` is a forward call, ``output.sum()`` and ``backward()`` (gradients
   reset to None beforehand, untimed). Every module (candidate paths and references)
@@ -39,7 +38,12 @@ Method
   (interleaving), but do not trust them either.
 - **Ratio** = the median over rounds of ``time(candidate) / time(reference)``
   within the same round (paired), for ``fwd`` and for ``fwd+bwd``; below 1 the
-  candidate is faster. The table shows the ``fwd+bwd`` ratio.
+  candidate is faster. The table shows the ``fwd+bwd`` ratio. ``ratio_to_loop_*``:
+  the same paired ratio of the ``fast`` path to the ``step`` path of the same stack
+  (with ``--paths fast,step``): below 1 the fast path is faster than its own loop.
+- **Scaling in T**: ``per_step_scaling`` = time per step (``fwd+bwd`` median / T)
+  over the same at the shortest T measured for that preset, path and size: 1 means
+  linear cost in T, below 1 cheaper per step at longer T.
 - **Throughput.** tokens/s = ``B·T / median time``.
 - **GFLOP/s** = FLOPs / median time, with FLOPs = ``stack.flops_per_step()`` (the
   cells' own formula, summed over layers and directions; a multiply-add counts 2)
@@ -64,34 +68,30 @@ import argparse
 import copy
 import csv
 import difflib
-import gc
 import json
-import os
 import platform
 import resource
-import statistics
 import sys
-import time
 import warnings
 from datetime import datetime
-from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
+from .experiment import build_stack, cell_options
 from .registry import CELLS
-from .stack import STACK_KEYS, CellStack
+from .timing import Measured, OtherCpu, measure_interleaved, paired_ratio
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PATHS = ("fast", "step")
 
 # One row per measurement, in this order, in the CSV and the JSON.
 COLUMNS = [
     "preset",           # config preset (conf/cell/<preset>.yaml)
     "cell",             # registry name of the cell class
-    "path",             # fast (the cell's forward) or step (its reference loop)
+    "path",             # fast (the cell's forward) or step (use_fused=False: its loop)
     "seq_len", "batch", "hidden", "input_size", "num_layers", "bidirectional",
     "ms_fwd", "ms_fwd_min",            # forward: median and min over repeats, milliseconds
     "ms_fwd_bwd", "ms_fwd_bwd_min",    # forward + backward: median and min
@@ -103,156 +103,43 @@ COLUMNS = [
     "reference",        # the module compared with (empty: none known)
     "ref_ms_fwd", "ref_ms_fwd_bwd",    # the reference's medians, same rounds
     "ratio_fwd", "ratio_fwd_bwd",      # median of per-round time(candidate) / time(reference)
+    "ratio_to_loop_fwd", "ratio_to_loop_fwd_bwd",  # path fast only: median of per-round time(fast) / time(step)
+    "per_step_scaling",  # fwd+bwd time per step over the same at the shortest T of this preset, path and size
     "device", "device_name", "torch_version", "threads", "dtype", "repeats", "warmup",
     "other_cpu",        # share of all CPUs used by other processes while this point ran (Linux; 0 = quiet machine)
     "note",
 ]
 
 
-# --- presets ----------------------------------------------------------------------------
+# --- modules ------------------------------------------------------------------------------
 def resolve_preset(path: Path, seq_len: int) -> dict:
     """The preset as a plain dict, interpolations resolved with ``task.seq_len = seq_len``."""
     config = OmegaConf.create({"cell": OmegaConf.load(path), "task": {"seq_len": seq_len}})
     return OmegaConf.to_container(config.cell, resolve=True)
 
 
-# --- modules ------------------------------------------------------------------------------
-def build_stack(preset: dict, input_size: int, hidden: int) -> CellStack:
-    cell_options = {k: v for k, v in preset.items() if k not in STACK_KEYS}
-    return CellStack(CELLS.get(preset["name"]), input_size, hidden, num_layers=preset["num_layers"],
-                     bidirectional=preset["bidirectional"], dropout=preset["dropout"], **cell_options)
+def build_candidates(preset: dict, paths: list[str], input_size: int, hidden: int, x: torch.Tensor) -> list[Measured]:
+    """The preset's stack once per path: ``fast`` as built, ``step`` with ``use_fused = False``."""
+    stack = build_stack(preset, input_size, hidden_size=hidden).to(device=x.device, dtype=x.dtype).train()
+    candidates = []
+    for path in paths:
+        module = stack if path == "fast" else copy.deepcopy(stack)
+        for cell in module.cells:
+            cell.use_fused = path == "fast"
+        candidates.append(Measured(path, module, x))
+    return candidates
 
 
-def use_step_path(stack: CellStack) -> CellStack:
-    """Switch every cell of ``stack`` to its reference loop, in place."""
-    for cell in stack.cells:
-        if hasattr(cell, "use_fused"):
-            cell.use_fused = False
-        else:
-            cell.forward = cell.loop_steps  # instance attribute: nn.Module.__call__ finds it first
-    return stack
-
-
-def build_references(preset: dict, input_size: int, hidden: int, device: torch.device,
-                     dtype: torch.dtype) -> tuple[list[tuple[str, nn.Module, bool]], list[str]]:
-    """``[(label, module, time_first)]`` for the preset's cell, and notes (e.g. a missing package)."""
-    cell, options = preset["name"], {k: v for k, v in preset.items() if k not in STACK_KEYS}
-    same = dict(num_layers=preset["num_layers"], bidirectional=preset["bidirectional"], dropout=0.0,
-                batch_first=True, bias=options.get("bias", True))
-    refs, notes = [], []
-    if cell == "gru":
-        refs.append(("torch.nn.GRU", nn.GRU(input_size, hidden, **same), False))
-    elif cell == "lstm":
-        refs.append(("torch.nn.LSTM", nn.LSTM(input_size, hidden, **same), False))
-    elif cell == "rnn":
-        nonlinearity = options.get("nonlinearity", "tanh")
-        refs.append((f"torch.nn.RNN({nonlinearity})", nn.RNN(input_size, hidden, nonlinearity=nonlinearity, **same),
-                     False))
-    elif cell == "indrnn":
-        refs.append(("torch.nn.RNN(relu)", nn.RNN(input_size, hidden, nonlinearity="relu", **same), False))
-    elif cell == "sru":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # its CUDA kernels fail to compile without CUDA: the CPU path works
-                from sru import SRU
-                sru = SRU(input_size, hidden, num_layers=preset["num_layers"], bidirectional=preset["bidirectional"],
-                          dropout=0.0).to(device=device, dtype=dtype)
-                sru(torch.zeros(1, 1, input_size, device=device, dtype=dtype))  # fails here if its kernels do
-            refs.append(("sru.SRU", sru, True))
-        except Exception as exc:  # not installed, or broken on this device: no ratio against it
-            notes.append(f"{preset['name']}: the sru package does not run here ({type(exc).__name__}: {exc}); "
-                         "no sru.SRU reference")
-        refs.append(("torch.nn.LSTM", nn.LSTM(input_size, hidden, **same), False))
-    return [(label, module.to(device=device, dtype=dtype).train(), time_first)
-            for label, module, time_first in refs], notes
-
-
-# --- timing -------------------------------------------------------------------------------
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    """Seconds taken by ``fn()``: CUDA events on CUDA, ``perf_counter`` on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-class Measured:
-    """One module under test and its timings over the timed rounds."""
-
-    def __init__(self, label: str, module: nn.Module, x: torch.Tensor):
-        self.label, self.module, self.x = label, module, x
-        self.fwd: list[float] = []
-        self.fwd_bwd: list[float] = []
-        self.peak_bytes: Optional[int] = None
-
-    def forward(self) -> None:
-        self.module(self.x)
-
-    def forward_backward(self) -> None:
-        output = self.module(self.x)[0]
-        output.float().sum().backward()
-
-    def run_round(self, device: torch.device, record: bool) -> None:
-        t_fwd = timed(self.forward, device)
-        self.module.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            baseline = torch.cuda.memory_allocated(device)
-        t_fwd_bwd = timed(self.forward_backward, device)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) - baseline
-            self.peak_bytes = max(self.peak_bytes or 0, peak)
-        self.module.zero_grad(set_to_none=True)
-        if record:
-            self.fwd.append(t_fwd)
-            self.fwd_bwd.append(t_fwd_bwd)
-
-
-def measure_interleaved(modules: list[Measured], device: torch.device, warmup: int, repeats: int) -> None:
-    """``warmup`` untimed rounds, then ``repeats`` timed ones; each round runs every
-    module once, in an order reversed every other round."""
-    for round_index in range(warmup + repeats):
-        gc.collect()  # never inside a timed call
-        order = modules if round_index % 2 == 0 else modules[::-1]
-        for measured in order:
-            measured.run_round(device, record=round_index >= warmup)
-
-
-def paired_ratio(candidate: list[float], reference: list[float]) -> float:
-    """Median over rounds of candidate / reference time (both measured in the same round)."""
-    return statistics.median(c / r for c, r in zip(candidate, reference))
-
-
-def machine_busy_seconds() -> Optional[float]:
-    """CPU seconds spent busy by the whole machine since boot (Linux /proc/stat; steal counts as busy)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class OtherCpu:
-    """Share of all CPUs that *other* processes used between ``start()`` and ``share()``:
-    machine busy time minus this process's CPU time, over wall time × CPU count."""
-
-    def start(self) -> None:
-        self.wall, self.busy, self.own = time.perf_counter(), machine_busy_seconds(), sum(os.times()[:2])
-
-    def share(self) -> Optional[float]:
-        busy = machine_busy_seconds()
-        if busy is None or self.busy is None:
-            return None
-        others = (busy - self.busy) - (sum(os.times()[:2]) - self.own)
-        return round(max(0.0, others / ((time.perf_counter() - self.wall) * (os.cpu_count() or 1))), 3)
+def build_references(preset: dict, input_size: int, hidden: int, x: torch.Tensor) -> tuple[list[Measured], list[str]]:
+    """What the preset's cell class declares (``Cell.reference_modules``), and notes (its warnings)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        references = CELLS.get(preset["name"]).reference_modules(
+            input_size, hidden, preset["num_layers"], preset["bidirectional"], cell_options(preset))
+    x_time_first = x.transpose(0, 1).contiguous()
+    measured = [Measured(ref.label, ref.module.to(device=x.device, dtype=x.dtype).train(),
+                         x_time_first if ref.time_first else x) for ref in references]
+    return measured, [f"{preset['name']}: {w.message}" for w in caught]
 
 
 # --- one grid point ----------------------------------------------------------------------
@@ -262,58 +149,60 @@ def bench_point(preset_name: str, preset: dict, paths: list[str], seq_len: int, 
     """All paths of one preset and its references at one grid point -> rows, notes."""
     torch.manual_seed(0)
     x = torch.randn(batch, seq_len, input_size, device=device, dtype=dtype)
-    x_time_first = x.transpose(0, 1).contiguous()  # for the sru package (its only layout)
-
-    stack = build_stack(preset, input_size, hidden).to(device=device, dtype=dtype).train()
-    candidates = []
-    for path in paths:
-        module = stack if path == "fast" else use_step_path(copy.deepcopy(stack))
-        candidates.append(Measured(path, module, x))
-    refs, notes = build_references(preset, input_size, hidden, device, dtype)
-    references = [Measured(label, module, x_time_first if time_first else x) for label, module, time_first in refs]
-
+    candidates = build_candidates(preset, paths, input_size, hidden, x)
+    references, notes = build_references(preset, input_size, hidden, x)
     other_cpu = OtherCpu()
     other_cpu.start()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Running SRU on CPU")  # the sru package's CPU path, on purpose
+    with warnings.catch_warnings(record=True) as caught:  # printing a warning inside a timed call would be timed
+        warnings.simplefilter("always")
         measure_interleaved(candidates + references, device, warmup, repeats)
-    other_cpu_share = other_cpu.share()
-
-    flops = stack.flops_per_step()
+    notes += sorted({f"{preset['name']}: {w.message}" for w in caught} - set(notes))
+    share = other_cpu.share()
+    flops = candidates[0].module.flops_per_step()
     tokens = batch * seq_len
-    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    loop = next((c for c in candidates if c.label == "step"), None)
     rows = []
     for candidate in candidates:
-        ms_fwd, ms_fwd_bwd = statistics.median(candidate.fwd) * 1e3, statistics.median(candidate.fwd_bwd) * 1e3
+        ms_fwd, ms_fwd_bwd = candidate.median_ms("fwd"), candidate.median_ms("fwd_bwd")
+        with_loop = loop is not None and candidate is not loop
         base = {
             "preset": preset_name, "cell": preset["name"], "path": candidate.label,
             "seq_len": seq_len, "batch": batch, "hidden": hidden, "input_size": input_size,
             "num_layers": preset["num_layers"], "bidirectional": preset["bidirectional"],
-            "ms_fwd": ms_fwd, "ms_fwd_min": min(candidate.fwd) * 1e3,
-            "ms_fwd_bwd": ms_fwd_bwd, "ms_fwd_bwd_min": min(candidate.fwd_bwd) * 1e3,
+            "ms_fwd": ms_fwd, "ms_fwd_min": candidate.min_ms("fwd"),
+            "ms_fwd_bwd": ms_fwd_bwd, "ms_fwd_bwd_min": candidate.min_ms("fwd_bwd"),
             "tokens_per_s_fwd": tokens / (ms_fwd / 1e3), "tokens_per_s_fwd_bwd": tokens / (ms_fwd_bwd / 1e3),
             "flops_per_step": flops,
             "gflops_fwd": None if flops is None else flops * tokens / (ms_fwd / 1e3) / 1e9,
             "gflops_fwd_bwd": None if flops is None else 3 * flops * tokens / (ms_fwd_bwd / 1e3) / 1e9,
             "peak_mem_mb": None if candidate.peak_bytes is None else candidate.peak_bytes / 2**20,
-            "max_rss_mb": max_rss_mb,
-            **context,
-            "other_cpu": other_cpu_share,
-            "note": "; ".join(notes) or None,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+            "ratio_to_loop_fwd": paired_ratio(candidate.fwd, loop.fwd) if with_loop else None,
+            "ratio_to_loop_fwd_bwd": paired_ratio(candidate.fwd_bwd, loop.fwd_bwd) if with_loop else None,
+            "per_step_scaling": None,  # filled in by add_scaling once every T is measured
+            **context, "other_cpu": share, "note": "; ".join(notes) or None,
         }
-        if not references:
-            rows.append({**base, "reference": None, "ref_ms_fwd": None, "ref_ms_fwd_bwd": None,
-                         "ratio_fwd": None, "ratio_fwd_bwd": None})
-        for reference in references:
-            rows.append({
-                **base,
-                "reference": reference.label,
-                "ref_ms_fwd": statistics.median(reference.fwd) * 1e3,
-                "ref_ms_fwd_bwd": statistics.median(reference.fwd_bwd) * 1e3,
-                "ratio_fwd": paired_ratio(candidate.fwd, reference.fwd),
-                "ratio_fwd_bwd": paired_ratio(candidate.fwd_bwd, reference.fwd_bwd),
-            })
+        compared = [(r.label, r.median_ms("fwd"), r.median_ms("fwd_bwd"), paired_ratio(candidate.fwd, r.fwd),
+                     paired_ratio(candidate.fwd_bwd, r.fwd_bwd)) for r in references] or [(None,) * 5]
+        for label, ref_fwd, ref_fwd_bwd, ratio_fwd, ratio_fwd_bwd in compared:
+            rows.append({**base, "reference": label, "ref_ms_fwd": ref_fwd, "ref_ms_fwd_bwd": ref_fwd_bwd,
+                         "ratio_fwd": ratio_fwd, "ratio_fwd_bwd": ratio_fwd_bwd})
     return [{column: row[column] for column in COLUMNS} for row in rows], notes
+
+
+def add_scaling(rows: list[dict]) -> None:
+    """``per_step_scaling`` of every row, in place: its time per step over that of the same
+    preset, path and size (and reference row) at the shortest T measured."""
+    def key(row: dict) -> tuple:
+        return row["preset"], row["path"], row["batch"], row["hidden"], row["input_size"], row["reference"]
+
+    shortest: dict[tuple, dict] = {}
+    for row in rows:
+        if key(row) not in shortest or row["seq_len"] < shortest[key(row)]["seq_len"]:
+            shortest[key(row)] = row
+    for row in rows:
+        first = shortest[key(row)]
+        row["per_step_scaling"] = (row["ms_fwd_bwd"] / row["seq_len"]) / (first["ms_fwd_bwd"] / first["seq_len"])
 
 
 # --- output -------------------------------------------------------------------------------
@@ -326,14 +215,15 @@ def print_table(rows: list[dict], title: str) -> None:
 
     table = Table(title=title)
     for header in ("preset", "path", "T", "B", "H", "ms fwd", "ms fwd+bwd", "tokens/s", "GFLOP/s",
-                   "reference", "ratio"):
+                   "reference", "ratio", "vs loop", "per step"):
         table.add_column(header, justify="left" if header in ("preset", "path", "reference") else "right")
     for row in rows:
         table.add_row(row["preset"], row["path"], str(row["seq_len"]), str(row["batch"]), str(row["hidden"]),
                       fmt(row["ms_fwd"], ".1f"), fmt(row["ms_fwd_bwd"], ".1f"),
                       fmt(row["tokens_per_s_fwd_bwd"], ",.0f"), fmt(row["gflops_fwd_bwd"], ".1f"),
-                      row["reference"] or "-", fmt(row["ratio_fwd_bwd"], ".2f"))
-    Console(width=160).print(table)
+                      row["reference"] or "-", fmt(row["ratio_fwd_bwd"], ".2f"),
+                      fmt(row["ratio_to_loop_fwd_bwd"], ".2f"), fmt(row["per_step_scaling"], ".2f"))
+    Console(width=180).print(table)
 
 
 def write_outputs(rows: list[dict], out: Path) -> tuple[Path, Path]:
@@ -346,8 +236,6 @@ def write_outputs(rows: list[dict], out: Path) -> tuple[Path, Path]:
         writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
     json_path.write_text(json.dumps(rows, indent=1) + "\n")
     return csv_path, json_path
-
-
 # --- command line -------------------------------------------------------------------------
 def int_list(text: str) -> list[int]:
     try:
@@ -366,7 +254,8 @@ def name_list(text: str) -> list[str]:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rnnbench-speed",
-        description="Time forward and forward+backward of cell presets against torch.nn / sru references.",
+        description="Time forward and forward+backward of cell presets against the implementations their cells "
+                    "name as references (e.g. torch.nn modules), and against their own step loops.",
         epilog="Lists are comma-separated: --seq-len 100,200 --batch 32,64. Method: see `python -m pydoc rnnbench.speed`.",
     )
     parser.add_argument("--cells", type=name_list, default=None,
@@ -384,7 +273,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--paths", type=name_list, default=["fast"],
-                        help="fast (the cell's forward) and/or step (its reference loop); e.g. fast,step")
+                        help="fast (the cell's forward) and/or step (use_fused=False: its loop); e.g. fast,step")
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem: writes OUT.csv and OUT.json "
                              "(default results/speed/speed_<timestamp>)")
@@ -393,7 +282,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    unknown_paths = [p for p in args.paths if p not in ("fast", "step")]
+    unknown_paths = [p for p in args.paths if p not in PATHS]
     if unknown_paths or not args.paths:
         parser.error(f"--paths: expected fast and/or step, got {','.join(args.paths)}")
     return args
@@ -467,9 +356,11 @@ def run(args: argparse.Namespace, presets: dict[str, Path], names: list[str]) ->
             notes += [n for n in point_notes if n not in notes]
             print(f"  done {name} T={seq_len} B={batch} H={hidden} I={input_size}", file=sys.stderr, flush=True)
 
+    add_scaling(rows)
     title = (f"rnnbench-speed: {context['device']} ({context['device_name']}), torch {context['torch_version']}, "
              f"{context['threads']} threads, {args.dtype}, median of {args.repeats} (warmup {args.warmup}); "
-             f"ratio = fwd+bwd time / reference's, same process, interleaved")
+             f"ratio = fwd+bwd time / reference's; vs loop = fast / step path; per step = time per step / that at "
+             f"the shortest T; same process, interleaved")
     print_table(rows, title)
     busy = sorted({(row["preset"], row["other_cpu"]) for row in rows if (row["other_cpu"] or 0) > 0.05})
     if busy:

@@ -1,24 +1,91 @@
-"""The Cell contract, checked for every registered cell (new cells are picked up automatically).
+"""The Cell contract, checked for every registered cell, every cell preset and every
+option set a cell declares: new cells, presets and options are picked up automatically.
 
-Each cell is built with its defaults, ``CELLS.get(name)(input_size, hidden_size)``.
-Numerical comparisons run in float64 and eval mode.
+A configuration is a cell class and its options:
+
+- every registered cell with its defaults, at ``input_size != hidden_size`` and at
+  ``input_size == hidden_size`` (some cells take another path then: SRU's highway,
+  LRU's skip term);
+- every option set in its ``option_examples`` (:class:`rnnbench.cell.Cell`);
+- every preset ``conf/cell/*.yaml``, composed through Hydra as ``rnnbench cell=<preset>``
+  does (options that depend on the task resolved without one), with its own depth,
+  direction and dropout for the stack tests.
+
+Numerical comparisons run in float64 and eval mode. Paths: ``fused`` (``forward`` with
+``use_fused``, only for cells with ``fused_forward``), ``loop`` (``forward`` without it:
+one projection GEMM, then ``recurrence`` per step), ``steps`` (``loop_steps``: ``step`` at
+every step, the reference).
 """
+
+from dataclasses import dataclass, field
+from importlib.resources import files
 
 import pytest
 import torch
 
+from conftest import compose_config, run_path
 from rnnbench.cell import map_state, state_leaves
+from rnnbench.experiment import cell_options
+from rnnbench.models import count_parameters
 from rnnbench.registry import CELLS
 from rnnbench.stack import CellStack
 
 CELL_NAMES = CELLS.names()
+PRESETS = sorted(p.name[:-5] for p in files("rnnbench.conf").joinpath("cell").iterdir() if p.name.endswith(".yaml"))
 I, H, B, T = 3, 5, 4, 7
 LENGTHS = [7, 4, 1, 0]  # full, partial, one step, empty
 
 
-def make_cell(name, input_size=I, hidden_size=H, dtype=torch.float64):
+@dataclass(frozen=True)
+class Config:
+    """A cell class with options, and the stack the stack tests wrap it in."""
+
+    name: str
+    options: dict = field(default_factory=dict, hash=False)
+    input_size: int = I
+    num_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.0
+
+    @property
+    def cls(self):
+        return CELLS.get(self.name)
+
+
+def _label(options: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
+def configurations() -> list:
+    configs = []
+    for name in CELL_NAMES:
+        configs.append(pytest.param(Config(name), id=name))
+        configs.append(pytest.param(Config(name, input_size=H), id=f"{name}[I=H]"))
+        configs += [pytest.param(Config(name, dict(options)), id=f"{name}[{_label(options)}]")
+                    for options in CELLS.get(name).option_examples]
+    for preset in PRESETS:
+        cell_config = compose_config([f"cell={preset}"])["cell"]
+        cls = CELLS.get(cell_config["name"])
+        configs.append(pytest.param(Config(cell_config["name"], cls.resolve_options(cell_options(cell_config), None),
+                                           num_layers=cell_config["num_layers"],
+                                           bidirectional=cell_config["bidirectional"],
+                                           dropout=cell_config["dropout"]), id=f"preset:{preset}"))
+    return configs
+
+
+CONFIGS = configurations()
+FUSED_CONFIGS = [c for c in CONFIGS if c.values[0].cls._defines("fused_forward")]
+
+
+def make_cell(config: Config, dtype=torch.float64):
     torch.manual_seed(0)
-    return CELLS.get(name)(input_size, hidden_size).to(dtype).eval()
+    return config.cls(config.input_size, H, **config.options).to(dtype).eval()
+
+
+def make_stack(config: Config):
+    torch.manual_seed(0)
+    return CellStack(config.cls, config.input_size, H, num_layers=config.num_layers,
+                     bidirectional=config.bidirectional, dropout=config.dropout, **config.options).double().eval()
 
 
 def reachable_state(cell, batch_size, dtype=torch.float64):
@@ -47,14 +114,25 @@ def values_and_grads(cell, run, x, state, lengths):
     return y, final, grads
 
 
-def test_some_cells_are_registered():
-    assert "gru" in CELL_NAMES
+def assert_same_run(run, reference):
+    (y, s, g), (y_ref, s_ref, g_ref) = run, reference
+    torch.testing.assert_close(y, y_ref)
+    for leaf, ref in zip(state_leaves(s), state_leaves(s_ref), strict=True):
+        torch.testing.assert_close(leaf, ref)
+    for grad, ref in zip(g, g_ref, strict=True):
+        assert (grad is None) == (ref is None)
+        if ref is not None:
+            torch.testing.assert_close(grad, ref)
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-def test_output_and_state_shapes(name):
-    cell = make_cell(name, dtype=torch.float32)
-    x = torch.randn(B, T, I)
+def test_some_cells_are_registered_and_presets_found():
+    assert "gru" in CELL_NAMES and "gru" in PRESETS
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_output_and_state_shapes(config):
+    cell = make_cell(config, dtype=torch.float32)
+    x = torch.randn(B, T, config.input_size)
     expected = [leaf.shape for leaf in state_leaves(cell.initial_state(B))]
     for lengths in (None, torch.tensor(LENGTHS)):
         y, state = cell(x, lengths=lengths)
@@ -67,25 +145,46 @@ def test_output_and_state_shapes(name):
         torch.testing.assert_close(leaf, init)
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-@pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("with_state", [False, True])
-def test_forward_matches_step_loop(name, with_lengths, with_state):
-    """The fast ``forward`` agrees with the ``step`` reference, values and gradients."""
-    cell = make_cell(name)
+def _compare_with_steps(config, path, with_lengths, with_state):
+    cell = make_cell(config)
     torch.manual_seed(1)
-    x = torch.randn(B, T, I, dtype=torch.float64)
+    x = torch.randn(B, T, config.input_size, dtype=torch.float64)
     state = reachable_state(cell, B) if with_state else cell.initial_state(B)
     lengths = torch.tensor(LENGTHS) if with_lengths else None
-    y_ref, s_ref, g_ref = values_and_grads(cell, cell.loop_steps, x, state, lengths)
-    y, s, g = values_and_grads(cell, cell.forward, x, state, lengths)
-    torch.testing.assert_close(y, y_ref)
-    for leaf, ref in zip(state_leaves(s), state_leaves(s_ref)):
+    reference = values_and_grads(cell, cell.loop_steps, x, state, lengths)
+    run = values_and_grads(cell, lambda *args: run_path(cell, path, *args), x, state, lengths)
+    assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize("config", FUSED_CONFIGS)
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fused_forward_matches_step_loop(config, with_lengths, with_state):
+    """The fast path agrees with the ``step`` reference, values and gradients."""
+    _compare_with_steps(config, "fused", with_lengths, with_state)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_loop_forward_matches_step_loop(config, with_lengths, with_state):
+    """The loop (one projection GEMM, then ``recurrence`` per step) agrees with ``step`` at
+    every step, values and gradients (the same code for a cell that writes only ``step``)."""
+    _compare_with_steps(config, "loop", with_lengths, with_state)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_continuing_from_the_returned_state_is_exact(config):
+    """Two calls, the second from the state the first returned, equal one call over the whole."""
+    cell = make_cell(config)
+    x = torch.randn(B, T, config.input_size, dtype=torch.float64)
+    with torch.no_grad():
+        y, state = cell(x)
+        y_first, middle = cell(x[:, :3])
+        y_second, end = cell(x[:, 3:], middle)
+    torch.testing.assert_close(torch.cat([y_first, y_second], dim=1), y)
+    for leaf, ref in zip(state_leaves(end), state_leaves(state)):
         torch.testing.assert_close(leaf, ref)
-    for grad, ref in zip(g, g_ref):
-        assert (grad is None) == (ref is None)
-        if ref is not None:
-            torch.testing.assert_close(grad, ref)
 
 
 def check_padding(model, x, lengths, initial):
@@ -103,30 +202,30 @@ def check_padding(model, x, lengths, initial):
             torch.testing.assert_close(leaf, ref)
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("path", ["forward", "loop_steps"])
-def test_padded_steps_leave_state_unchanged(name, path):
-    cell = make_cell(name)
+def test_padded_steps_leave_state_unchanged(config, path):
+    cell = make_cell(config)
     torch.manual_seed(2)
-    x = 10 * torch.randn(B, T, I, dtype=torch.float64)  # large padding values must not leak in
+    x = 10 * torch.randn(B, T, config.input_size, dtype=torch.float64)  # large padding values must not leak in
     with torch.no_grad():
         check_padding(getattr(cell, path), x, LENGTHS, cell.initial_state(B))
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-def test_padding_through_bidirectional_stack(name):
-    torch.manual_seed(0)
-    stack = CellStack(CELLS.get(name), I, H, num_layers=2, bidirectional=True).double().eval()
+@pytest.mark.parametrize("config", CONFIGS)
+def test_padding_through_bidirectional_stack(config):
+    """The stack (two bidirectional layers; a preset's own depth and direction) keeps padding exact."""
+    stack = make_stack(config)
     torch.manual_seed(3)
-    x = 10 * torch.randn(B, T, I, dtype=torch.float64)
+    x = 10 * torch.randn(B, T, config.input_size, dtype=torch.float64)
     with torch.no_grad():
         check_padding(stack, x, LENGTHS, stack.initial_state(B))
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-def test_gradients_reach_every_parameter(name):
-    cell = make_cell(name).train()
-    x = torch.randn(B, T, I, dtype=torch.float64)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_gradients_reach_every_parameter(config):
+    cell = make_cell(config).train()
+    x = torch.randn(B, T, config.input_size, dtype=torch.float64)
     y, state = cell(x, lengths=torch.tensor(LENGTHS))
     weighted_sum(y, state).backward()
     for param_name, param in cell.named_parameters():
@@ -134,21 +233,28 @@ def test_gradients_reach_every_parameter(name):
         assert param.grad.abs().sum() > 0, f"{param_name} gets an all-zero gradient"
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-def test_state_size_counts_the_state(name):
-    cell = make_cell(name, dtype=torch.float32)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_state_size_counts_the_state(config):
+    cell = make_cell(config, dtype=torch.float32)
     assert cell.state_size == sum(leaf.numel() for leaf in state_leaves(cell.initial_state(1)))
-    stack = CellStack(CELLS.get(name), I, H, num_layers=2, bidirectional=True)
-    assert stack.state_size == 4 * cell.state_size
+    stack = make_stack(config)
+    assert stack.state_size == sum(c.state_size for c in stack.cells)
     assert stack.state_size == sum(leaf.numel() for leaf in state_leaves(stack.initial_state(1)))
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-def test_gradcheck(name):
-    cell = make_cell(name, input_size=2, hidden_size=3)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_parameter_formula_matches_counted_parameters(config):
+    formula = config.cls.num_parameters(config.input_size, H, **config.options)
+    if formula is not None:  # a plugin may leave it out; built-in cells state it (tests/test_sizing.py)
+        assert formula == count_parameters(make_cell(config))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_gradcheck(config):
+    cell = make_cell(config)
     names = [n for n, _ in cell.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
-    x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, config.input_size, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([4, 2])
 
     def run(x, *param_values):

@@ -4,9 +4,14 @@ rows, and refuses unknown presets clearly. No timing assertions (CI machines are
 import csv
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
+import rnnbench.speed
+import rnnbench.timing
+from rnnbench.registry import CELLS
 from rnnbench.speed import COLUMNS, main
 
 TINY = ["--seq-len", "5", "--batch", "2", "--hidden", "8", "--input-size", "3", "--repeats", "1", "--warmup", "0"]
@@ -50,7 +55,8 @@ def test_times_throughput_and_ratios_are_positive(outputs):
     _, json_rows = outputs
     for row in json_rows:
         for key in ("ms_fwd", "ms_fwd_min", "ms_fwd_bwd", "ms_fwd_bwd_min", "tokens_per_s_fwd_bwd",
-                    "gflops_fwd", "gflops_fwd_bwd", "ref_ms_fwd", "ref_ms_fwd_bwd", "ratio_fwd", "ratio_fwd_bwd"):
+                    "gflops_fwd", "gflops_fwd_bwd", "ref_ms_fwd", "ref_ms_fwd_bwd", "ratio_fwd", "ratio_fwd_bwd",
+                    "per_step_scaling"):
             value = row[key]
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
         assert row["ms_fwd_min"] <= row["ms_fwd"]
@@ -64,3 +70,40 @@ def test_unknown_preset_names_the_known_ones():
     assert "nonexistent" in message and "Known presets" in message
     for preset in ("gru", "lstm", "bigru"):
         assert preset in message
+
+
+def test_fast_path_is_compared_with_its_own_loop(outputs):
+    """``ratio_to_loop_*``: on the fast rows (paired with the step path of the same stack), not on the step rows."""
+    _, json_rows = outputs
+    for row in json_rows:
+        for key in ("ratio_to_loop_fwd", "ratio_to_loop_fwd_bwd"):
+            if row["path"] == "fast":
+                assert isinstance(row[key], float) and row[key] > 0
+            else:
+                assert row[key] is None
+    # one length only: every row is its own shortest T
+    assert all(row["per_step_scaling"] == 1.0 for row in json_rows)
+
+
+def test_scaling_over_lengths_and_declared_references(tmp_path):
+    """Every new cell preset gets the references its class declares; ``per_step_scaling`` is
+    1 at the shortest T and the ratio of times per step at the longer one."""
+    out = tmp_path / "scaling"
+    main(["--cells", "mingru,minlstm,qrnn,lru", "--threads", "1", "--out", str(out), *TINY[2:], "--seq-len", "5,10"])
+    rows = json.loads((tmp_path / "scaling.json").read_text())
+    assert {(row["preset"], row["reference"]) for row in rows} == {
+        ("mingru", "torch.nn.GRU"), ("minlstm", "torch.nn.GRU"), ("minlstm", "torch.nn.LSTM"),
+        ("qrnn", "torch.nn.LSTM"), ("lru", "torch.nn.LSTM")}
+    for row in rows:
+        first = next(r for r in rows if r["seq_len"] == 5 and
+                     (r["preset"], r["path"], r["reference"]) == (row["preset"], row["path"], row["reference"]))
+        expected = (row["ms_fwd_bwd"] / row["seq_len"]) / (first["ms_fwd_bwd"] / 5)
+        assert row["per_step_scaling"] == pytest.approx(expected)
+
+
+def test_speed_code_names_no_cell():
+    """References come from ``Cell.reference_modules``: no registered cell name in the speed code."""
+    for module in (rnnbench.speed, rnnbench.timing):
+        source = Path(module.__file__).read_text()
+        for name in CELLS.names():
+            assert not re.search(rf"\b{name}\b", source, re.IGNORECASE), (module.__name__, name)
