@@ -73,6 +73,7 @@ class FormalLanguageTask(SyntheticTask):
     metric_mode = "max"
     input_size: ClassVar[int] = 2   # symbols of the input alphabet
     output_size: ClassVar[int] = 2  # target classes
+    level: ClassVar[str] = ""       # the paper's class of the language: "regular", "dcf" or "cs"
 
     def __init__(self, *, seq_len: int = 40, max_test_len: int = 100, batch_size: int = 128, val_size: int = 64,
                  test_size: int = 128, solved_threshold: Optional[float] = 0.9,
@@ -116,7 +117,8 @@ class FormalLanguageTask(SyntheticTask):
 
     # --- reference points -------------------------------------------------------------------
     def key_parameters(self) -> dict:
-        return {"seq_len": self.seq_len, "max_test_len": self.max_test_len}
+        """``level`` lets a report group the tasks as the paper's tables do."""
+        return {"seq_len": self.seq_len, "max_test_len": self.max_test_len, "level": self.level}
 
     @property
     def sequence_length(self) -> int:

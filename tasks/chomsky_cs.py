@@ -26,6 +26,8 @@ class DuplicateString(StringTask):
     uniform, so ``acc = 1/vocab_size``.
     """
 
+    level = "cs"
+
     def output_length(self, n: int) -> int:
         return 2 * n
 
@@ -47,6 +49,7 @@ class BucketSort(StringTask):
     edges, which move by about sqrt(n). A model that only counts steps scores that much.
     """
 
+    level = "cs"
     paper_vocab_size = 5
 
     def output_length(self, n: int) -> int:

@@ -29,6 +29,8 @@ class ReverseString(StringTask):
     uniform, so ``acc = 1/vocab_size``.
     """
 
+    level = "dcf"
+
     def output_length(self, n: int) -> int:
         return n
 
@@ -62,6 +64,7 @@ class StackManipulation(FormalLanguageTask):
     its pooled accuracy is ``sum_j max(P(H=j), P(H>j)/2) / (E[H] + 1)``.
     """
 
+    level = "dcf"
     input_size = 5
     output_size = 3
 

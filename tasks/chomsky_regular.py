@@ -35,6 +35,7 @@ class ParityCheck(FormalLanguageTask):
     probability 1/2 each, so ``acc = 1/2``.
     """
 
+    level = "regular"
     input_size = 2
     output_size = 2
 
@@ -55,6 +56,7 @@ class EvenPairs(FormalLanguageTask):
     ``n >= 2``, ``s_1 xor s_n`` is a fair bit (accuracy 1/2).
     """
 
+    level = "regular"
     input_size = 2
     output_size = 2
 
@@ -77,6 +79,7 @@ class CycleNavigation(FormalLanguageTask):
     likely state: 1/3 at ``n = 1``, tending to the paper's chance 1/5 for long walks.
     """
 
+    level = "regular"
     input_size = 3
     output_size = 5
 
@@ -115,6 +118,7 @@ class ModularArithmetic(FormalLanguageTask):
     the most likely value, above the paper's chance 1/m.
     """
 
+    level = "regular"
     output_size = 5
 
     def __init__(self, *, modulus: int = 5, seq_len: int = 40, max_test_len: int = 100, batch_size: int = 128,

@@ -33,7 +33,10 @@ sequences; every sequence has ``D`` queries, so it is the mean over queries).
 
 Memoryless baseline: a query's value is uniform over the ``V - V/2`` value tokens
 and independent of the key, so a model that sees only the current token gets
-``acc = 1/(V - V/2)`` and ``loss = ln(V - V/2)`` at best.
+``acc = 1/(V - V/2)`` and ``loss = ln(V - V/2)`` at best. A second reference,
+``acc_values_only = 1/D``: a model that remembers which ``D`` values occurred but
+not which key each belongs to, and guesses among them (small models often stall
+there: measured, GRU and LSTM at T = 64, D = 4 after 1500 steps scored 0.25).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class MQARTask(SyntheticTask):
 
     def baseline(self) -> dict[str, float]:
         values = self.vocab_size - self.first_value
-        return {"acc": 1.0 / values, "loss": math.log(values)}
+        return {"acc": 1.0 / values, "loss": math.log(values), "acc_values_only": 1.0 / self.num_kv_pairs}
 
     def memoryless_model(self) -> InputBlind:
         """Uniform over the value tokens at every step, whatever the input."""

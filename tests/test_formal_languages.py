@@ -218,3 +218,13 @@ def test_bad_values_are_refused(kwargs, key):
 def test_bad_alphabet_is_refused():
     with pytest.raises(ConfigError, match="task.vocab_size"):
         get_task("bucket_sort")(vocab_size=1)
+
+
+LEVELS = {"parity_check": "regular", "even_pairs": "regular", "cycle_navigation": "regular",
+          "modular_arithmetic": "regular", "reverse_string": "dcf", "stack_manipulation": "dcf",
+          "duplicate_string": "cs", "bucket_sort": "cs"}  # the paper's Table 2 (the authors' constants.TASK_LEVELS)
+
+
+@pytest.mark.parametrize("name", FORMAL)
+def test_level_is_recorded(name):
+    assert get_task(name)().key_parameters()["level"] == LEVELS[name]
