@@ -93,6 +93,8 @@ class MQARTask(SyntheticTask):
         check(isinstance(random_non_queries, bool), "task.random_non_queries", random_non_queries, "true or false")
         check(is_int(embedding_size) and embedding_size >= 1, "task.embedding_size", embedding_size,
               "an integer >= 1")
+        check(all(T % 2 == 0 and 4 * num_kv_pairs <= T < vocab_size for T in self.eval_lengths), "task.eval_lengths",
+              eval_lengths, f"even lengths from {4 * num_kv_pairs} (4 x num_kv_pairs) to below vocab_size ({vocab_size})")
         self.seq_len = seq_len
         self.num_kv_pairs = num_kv_pairs
         self.vocab_size = vocab_size

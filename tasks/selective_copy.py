@@ -63,6 +63,8 @@ class SelectiveCopyTask(SyntheticTask):
               "an integer >= 4 (noise, marker and at least two data tokens)")
         check(is_int(seq_len) and seq_len >= 2 * copy_len, "task.seq_len", seq_len,
               f"an integer >= 2 * task.copy_len ({2 * copy_len}): the data tokens and their markers")
+        check(all(T >= 2 * copy_len for T in self.eval_lengths), "task.eval_lengths", eval_lengths,
+              f"lengths >= 2 * task.copy_len ({2 * copy_len})")
         self.seq_len = seq_len
         self.copy_len = copy_len
         self.n_tokens = n_tokens

@@ -62,6 +62,8 @@ def test_selective_copy_bad_values():
         get_task("selective_copy")(seq_len=7, copy_len=4)
     with pytest.raises(ConfigError, match="task.n_tokens"):
         get_task("selective_copy")(n_tokens=3)
+    with pytest.raises(ConfigError, match="task.eval_lengths"):  # refused before training, not after it
+        get_task("selective_copy")(copy_len=4, eval_lengths=[200, 6])
 
 
 # --- MQAR -------------------------------------------------------------------------------------
@@ -151,7 +153,9 @@ def test_mqar_refuses_a_bidirectional_cell():
 
 
 @pytest.mark.parametrize("kwargs, key", [({"seq_len": 15}, "task.seq_len"), ({"num_kv_pairs": 17}, "task.seq_len"),
-                                         ({"vocab_size": 64}, "task.vocab_size"), ({"power_a": 0}, "task.power_a")])
+                                         ({"vocab_size": 64}, "task.vocab_size"), ({"power_a": 0}, "task.power_a"),
+                                         ({"eval_lengths": [128, 99]}, "task.eval_lengths"),
+                                         ({"eval_lengths": [256]}, "task.eval_lengths")])
 def test_mqar_bad_values(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         get_task("mqar")(**kwargs)
