@@ -5,8 +5,10 @@ sets at every ``T'`` of ``task.eval_lengths`` (e.g. 2T, 4T), as in Delétang et
 al., "Neural Networks and the Chomsky Hierarchy", ICLR 2023 (arXiv:2207.02098),
 which trains on lengths up to N and reports accuracy on longer sequences.
 
-The task is rebuilt from its config with ``seq_len = T'`` (everything else
-unchanged), its test set drawn from the run's data seed, and the model's weights
+The task is rebuilt from its config with ``seq_len = T'``, everything else
+unchanged (:meth:`rnnbench.task.Task.length_variant`; the formal languages, whose
+``seq_len`` is the longest training length, override it to test at exactly
+``T'``), its test set drawn from the run's data seed, and the model's weights
 are those the test was scored with (the best checkpoint). Each metric is the
 average over the ``test_size`` sequences; ``solved`` is the task's own criterion
 at ``T'``, and ``baseline`` the memoryless score at ``T'`` (the copy task's
@@ -23,17 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import TASKS
 from .task import Task
 
 
 def length_generalisation(task_config: dict, task: Task, model: nn.Module, data_seed: int) -> dict[str, Any]:
     """Test ``model`` at every length of ``task.eval_lengths``; ``{str(T'): {metric: value, ...}}``."""
     options = {k: v for k, v in task_config.items() if k not in ("name", "eval_lengths")}
-    task_class = TASKS.get(task_config["name"])
     results: dict[str, Any] = {}
     for seq_len in task.eval_lengths:
-        variant = task_class(**{**options, "seq_len": seq_len})
+        variant = task.length_variant(seq_len, options)
         metrics = evaluate(variant, model, variant.test_dataloader(data_seed))
         metrics["solved"] = variant.is_solved(metrics)
         metrics["baseline"] = variant.baseline().get(variant.metric)

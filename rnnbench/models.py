@@ -81,6 +81,26 @@ class SequenceModel(nn.Module):
         return self.head(y)
 
 
+class InputBlind(nn.Module):
+    """A predictor that never reads its input's content: ``outputs(T)`` gives its output
+    for a sequence of ``T`` steps (one per step, or one for the sequence), the same for
+    every sequence of the batch. The tasks' memoryless baselines
+    (:meth:`rnnbench.task.Task.memoryless_model`) are such predictors.
+
+    It has one parameter of size 0, so that code asking a model for its device
+    (``next(model.parameters())``) works with it as with a trained model.
+    """
+
+    def __init__(self, outputs: Callable[[int], Tensor]):
+        super().__init__()
+        self.outputs = outputs
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        out = self.outputs(x.shape[1]).to(self.anchor.device)
+        return out.expand(x.shape[0], *out.shape)
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters (shared parameters counted once)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -78,12 +78,27 @@ class Task:
         """Metric values of a memoryless / trivial predictor, for reference."""
         return {}
 
+    def memoryless_model(self) -> Optional[nn.Module]:
+        """The predictor :meth:`baseline` describes, as a module usable in place of
+        :meth:`build_model`'s output (no parameters to train): ``loss_and_metrics`` on it
+        scores ``baseline()`` up to sampling noise, which the task contract tests check
+        by simulation. None: the task defines none."""
+        return None
+
     def is_solved(self, metrics: dict[str, float]) -> bool:
         """True if ``metrics`` (validation or test) meet the ``solved`` criterion."""
         if self.solved_threshold is None or self.metric not in metrics:
             return False
         value = float(metrics[self.metric])
         return value >= self.solved_threshold if self.metric_mode == "max" else value <= self.solved_threshold
+
+    def length_variant(self, seq_len: int, options: dict) -> "Task":
+        """This task to be tested at length ``seq_len`` (length generalisation, see
+        :func:`rnnbench.evaluation.length_generalisation`); ``options`` are its constructor
+        keyword arguments from the config. Default: the task rebuilt with ``seq_len``
+        replaced. A task whose ``seq_len`` is not the test length (the formal languages:
+        the longest training length) returns one whose test set has exactly this length."""
+        return type(self)(**{**options, "seq_len": seq_len})
 
     # --- model, loss, metrics -------------------------------------------------
     def build_model(self, make_stack: StackFactory) -> nn.Module:

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnbench.errors import check, is_int
-from rnnbench.models import SequenceModel
+from rnnbench.models import InputBlind, SequenceModel
 from rnnbench.registry import register_task
 from rnnbench.task import SyntheticTask
 
@@ -80,6 +80,10 @@ class AddingTask(SyntheticTask):
     def baseline(self) -> dict[str, float]:
         # Predict the mean, 1: MSE = Var(U1 + U2) = 1/12 + 1/12.
         return {"mse": 1.0 / 6.0, "loss": 1.0 / 6.0}
+
+    def memoryless_model(self) -> InputBlind:
+        """Predicts the mean, 1, whatever the input."""
+        return InputBlind(lambda steps: torch.ones(1))
 
     # --- data --------------------------------------------------------------------------
     def make_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnbench.errors import check, is_int
-from rnnbench.models import OneHot, SequenceModel
+from rnnbench.models import InputBlind, OneHot, SequenceModel
 from rnnbench.registry import register_task
 from rnnbench.task import SyntheticTask
 
@@ -107,6 +107,14 @@ class CopyTask(SyntheticTask):
             # Blanks right on the first T+K steps, a 1/N guess on the last K.
             "acc": (T + K + K / N) / (T + 2 * K),
         }
+
+    def memoryless_model(self) -> InputBlind:
+        """The paper's memoryless strategy, which reads no input (the step alone decides):
+        blank for the first ``T+K`` steps, a uniform guess over the ``N`` symbols for the last ``K``."""
+        logits = torch.full((self.total_len, self.n_symbols + 1), -1e4)
+        logits[: self.seq_len + self.copy_len, BLANK] = 0.0
+        logits[self.seq_len + self.copy_len:, 1:] = 0.0
+        return InputBlind(lambda steps: logits)
 
     # --- data --------------------------------------------------------------------------
     def make_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -117,12 +117,7 @@ def test_adding_anywhere_reaches_both_halves_and_the_same_half():
 def test_adding_predicting_the_mean_scores_the_baseline():
     task = AddingTask(seq_len=30)
     batch = task.make_batch(20000, gen(3))
-
-    class PredictOne(nn.Module):
-        def forward(self, x):
-            return torch.ones(x.shape[0], 1)
-
-    _, metrics = task.loss_and_metrics(PredictOne(), batch)
+    _, metrics = task.loss_and_metrics(task.memoryless_model(), batch)  # predicts 1 whatever the input
     assert task.baseline()["mse"] == pytest.approx(1 / 6)
     assert metrics["mse"].item() == pytest.approx(1 / 6, abs=0.01)
     assert not task.is_solved({"mse": metrics["mse"].item()})
@@ -176,18 +171,12 @@ def test_copy_baseline_formula():
 def test_copy_memoryless_model_scores_the_baseline():
     T, K, N = 40, 10, 8
     task = CopyTask(seq_len=T, copy_len=K, n_symbols=N)
-    batch = task.make_batch(4000, gen(7))
-
-    class Memoryless(nn.Module):
-        """The paper's memoryless strategy: depends on the step only, not on the inputs."""
-
-        def forward(self, x):
-            logits = torch.full((T + 2 * K, N + 1), -1e4)
-            logits[: T + K, 0] = 0.0  # certain of blank while nothing is asked
-            logits[T + K:, 1:] = 0.0  # uniform over the symbols while recalling
-            return logits.expand(x.shape[0], -1, -1)
-
-    _, metrics = task.loss_and_metrics(Memoryless(), batch)
+    inputs, targets = task.make_batch(4000, gen(7))
+    model = task.memoryless_model()  # the paper's strategy: depends on the step only, not on the inputs
+    logits = model(inputs)
+    assert bool((logits[:, : T + K].argmax(-1) == 0).all())  # certain of blank while nothing is asked
+    assert torch.equal(logits[0, T + K:, 1:], torch.zeros(K, N))  # uniform over the symbols while recalling
+    _, metrics = task.loss_and_metrics(model, (inputs, targets))
     baseline = task.baseline()
     assert metrics["loss"].item() == pytest.approx(baseline["loss"], rel=1e-4)
     # argmax always picks symbol 1, right with probability 1/N.
