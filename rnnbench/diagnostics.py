@@ -117,9 +117,9 @@ def collect(task: Task, model: nn.Module, batch) -> dict[str, Any]:
 
 
 def write(run_dir: Path, task: Task, model: nn.Module, data_seed: int) -> str:
-    """Collect on the first test batch and write ``run_dir/diagnostics.json``; returns the file name."""
-    inputs, targets = next(iter(task.test_dataloader(data_seed)))
-    data = collect(task, model, (inputs[:DIAGNOSTIC_BATCH], targets[:DIAGNOSTIC_BATCH]))
+    """Collect on ``task.diagnostic_batch`` (default: the first test batch) and write
+    ``run_dir/diagnostics.json``; returns the file name."""
+    data = collect(task, model, task.diagnostic_batch(data_seed, DIAGNOSTIC_BATCH))
     records.write_json_atomic(Path(run_dir) / DIAGNOSTICS_FILE, data)
     return DIAGNOSTICS_FILE
 
