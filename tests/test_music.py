@@ -244,3 +244,21 @@ def test_cli_run_with_diagnostics(workdir):
     assert record["status"] == "finished" and record["baseline"]["nll"] > 10
     assert math.isfinite(record["metrics"]["test"]["nll"]) and record["task_params"]["test_frames"] == 4648
     assert record["diagnostics"] == "diagnostics.json"
+
+
+@needs_data
+@pytest.mark.slow
+def test_ddp_ranks_share_the_evaluation_and_score_as_one_process(workdir):
+    """With a learning rate too small to move the weights, two DDP processes (each scoring its
+    share of the test batches) and one process must report the same test NLL: no piece is
+    dropped or counted twice, and frames are weighed across ranks."""
+    tiny = [a for a in TINY if not a.startswith(("task.seq_len", "task.val_size", "task.test_size"))]
+    args = ["task=music", *tiny, "task.eval_batch_size=5", "optim.lr=1e-12", "trainer.threads=1"]
+    scores = []
+    for trainer in ("trainer=ddp_cpu", "trainer=cpu"):
+        proc = run_cli([*args, trainer, f"results_dir={trainer[8:]}"], workdir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (record,) = summaries(workdir / trainer[8:])
+        scores.append(record["metrics"]["test"]["nll"])
+        assert record["steps"] == 20 and record["world_size"] == (2 if trainer.endswith("ddp_cpu") else 1)
+    assert scores[0] == pytest.approx(scores[1], rel=1e-6)
