@@ -24,12 +24,15 @@ from rnnbench.download import DataError
 from rnnbench.evaluation import evaluate
 from rnnbench.registry import TASKS
 from rnnbench.run import build_experiment
-from rnnbench.task import SyntheticTask
+from rnnbench.task import SyntheticTask, Task
 
 NAMES = sorted(TASKS.names())
 PRESETS = files("rnnbench.conf").joinpath("task")
 # Small sizes, for the keys a preset has: every task trains and tests in milliseconds here.
 SMALL = {"seq_len": 16, "max_test_len": 20, "batch_size": 8, "val_size": 32, "test_size": 32}
+# Per-task settings where a preset's default data are not on this machine: MNIST is not in
+# ../shared/data, Fashion-MNIST is (same IDX format); rows keep the test set quick.
+LOCAL = {"seq_image": {"dataset": "fashion_mnist", "mode": "row", "train_subset": 256, "eval_batch_size": 2000}}
 
 
 def preset(name: str) -> dict:
@@ -43,7 +46,7 @@ def preset(name: str) -> dict:
 def _experiment(name: str, **sizes):
     options = preset(name)
     overrides = [f"task={name}", "cell.hidden_size=8", "seed=0",
-                 *(f"task.{k}={v}" for k, v in {**SMALL, **sizes}.items() if k in options)]
+                 *(f"task.{k}={v}" for k, v in {**SMALL, **LOCAL.get(name, {}), **sizes}.items() if k in options)]
     try:
         return build_experiment(compose_config(overrides))
     except DataError as exc:  # a real corpus that is not on this machine
@@ -139,12 +142,15 @@ SIMULATION = {"test_size": 4000}
 TOLERANCE = {"default": 0.02, "loss": 0.02}  # absolute; the baselines are exact, the simulation is not
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Tasks whose baseline is a closed formula declare the model that scores it; the data-driven
+# baselines (lm, music, seq_image, translation) are counted from the data in their own tests.
+WITH_MEMORYLESS_MODEL = [n for n in NAMES if TASKS.get(n).memoryless_model is not Task.memoryless_model]
+
+
+@pytest.mark.parametrize("name", WITH_MEMORYLESS_MODEL)
 def test_memoryless_model_scores_the_baseline(name):
     task = experiment(name, **SIMULATION).task
     model = task.memoryless_model()
-    if model is None:
-        pytest.skip(f"task {name!r} defines no memoryless model")
     assert sum(p.numel() for p in model.parameters()) == 0  # nothing learnt: it reads no input
     measured = evaluate(task, model, task.test_dataloader(5))
     baseline = task.baseline()
