@@ -264,16 +264,20 @@ class Seq2Seq(nn.Module):
 
     def _make_bridge(self) -> nn.ModuleList:
         """One tanh(Linear) per decoder layer and state leaf, from the encoder layer's final
-        state leaves (both directions concatenated)."""
-        encoder_leaves, decoder_leaves = (
-            [leaf.shape[1:].numel() for leaf in state_leaves(stack.cells[0].initial_state(1, "meta"))]
-            for stack in (self.encoder, self.decoder))
-        if len(encoder_leaves) != len(decoder_leaves):
-            raise ValueError("encoder and decoder cells must have states of the same structure")
+        state leaves (both directions concatenated). Leaf sizes are read per layer: a state
+        may hold inputs (QRNN's window), whose size differs between the first layer and the rest."""
+        def leaf_sizes(stack, layer: int) -> list[int]:
+            cell = stack.cells[layer * stack.num_directions]
+            return [leaf.shape[1:].numel() for leaf in state_leaves(cell.initial_state(1, "meta"))]
+
         directions = self.encoder.num_directions
-        return nn.ModuleList(
-            nn.ModuleList(nn.Linear(directions * e, d) for e, d in zip(encoder_leaves, decoder_leaves))
-            for _ in range(self.decoder.num_layers))
+        bridge = nn.ModuleList()
+        for layer in range(self.decoder.num_layers):
+            encoder_leaves, decoder_leaves = leaf_sizes(self.encoder, layer), leaf_sizes(self.decoder, layer)
+            if len(encoder_leaves) != len(decoder_leaves):
+                raise ValueError("encoder and decoder cells must have states of the same structure")
+            bridge.append(nn.ModuleList(nn.Linear(directions * e, d) for e, d in zip(encoder_leaves, decoder_leaves)))
+        return bridge
 
     # --- the interface of rnnbench.decoding: encode once, step per token ----------------------
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EncoderOutput, tuple]:
