@@ -1,67 +1,20 @@
-"""Shared helpers: run the real CLI in a subprocess, from a temporary directory."""
+"""Fixtures and session settings only; helpers live in ``tests/helpers`` and are imported
+explicitly by the tests that use them."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-# Tiny budgets: every CLI run trains for seconds, but through the real code paths.
-TINY = [
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-    "trainer.progress_bar=none",
-    "cell.hidden_size=16",
-    "task.seq_len=10",
-    "task.batch_size=16",
-    "task.val_size=64",
-    "task.test_size=64",
-]
+from helpers import cli
 
-
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m rnnbench ARGS`` in ``cwd``; returns the finished process (text output)."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    full_env.pop("RNNBENCH_RESULTS_DIR", None)
-    return subprocess.run([sys.executable, "-m", "rnnbench", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def compose_config(overrides: list[str], *, resolved: bool = True, hydra: bool = False):
-    """The config the ``rnnbench`` command composes for ``overrides``: a resolved plain
-    dict, or (``resolved=False``) the DictConfig, with Hydra's own node if ``hydra``."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    with initialize_config_module("rnnbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
-    return OmegaConf.to_container(cfg, resolve=True) if resolved else cfg
-
-
-def run_path(cell, path: str, x, state, lengths=None):
-    """A cell's forward over ``x`` by one of its paths: "steps" (the reference loop of
-    ``step``), "fused" or "loop" (``forward`` with ``use_fused`` on or off)."""
-    if path == "steps":
-        return cell.loop_steps(x, state, lengths)
-    cell.use_fused = path == "fused"
-    return cell(x, state, lengths)
-
-
-def summaries(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """A fresh directory outside the repository to launch the CLI from."""
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
+# One intra-op thread for the whole session: the tests' tensors are tiny, and on a busy
+# 2-core machine two threads wait on each other (measured: LSTM gradcheck 3.1 s with two,
+# 0.7 s with one). Runs the tests start keep their own trainer.threads setting.
+torch.set_num_threads(1)
 
 # The read-only corpora: ``RNNBENCH_DATA_DIR``, else ``../shared/data`` beside the
 # repository (where CI clones it), or beside its parent folder (a git worktree one level
@@ -75,10 +28,20 @@ if not os.environ.get("RNNBENCH_DATA_DIR"):
             break
 
 
-def shared_data(required: str) -> Path | None:
-    """The corpora folder, if it holds ``required`` (a file or folder path inside it)."""
-    value = os.environ.get("RNNBENCH_DATA_DIR")
-    return Path(value) if value and (Path(value) / required).exists() else None
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    """Tell helpers.cli which test runs, so a CLI subprocess from an unmarked test fails."""
+    cli.current_test = request.node
+    yield
+    cli.current_test = None
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh directory outside the repository to launch the CLI from."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
 
 
 def _snapshot(root: Path | None) -> dict[str, tuple[int, int]]:

@@ -23,7 +23,8 @@ from importlib.resources import files
 import pytest
 import torch
 
-from conftest import compose_config, run_path
+from helpers.cells import run_path
+from helpers.cli import compose_config
 from rnnbench.cell import map_state, state_leaves
 from rnnbench.experiment import cell_options
 from rnnbench.models import count_parameters

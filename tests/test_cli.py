@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from conftest import TINY, run_cli, summaries
+from helpers.cli import TINY, run_cli, summaries
+
+pytestmark = pytest.mark.slow  # every test here starts the CLI in a subprocess
 
 REQUIRED_FIELDS = {
     "cell", "task", "task_params", "hidden_size", "num_layers", "bidirectional", "params", "state_size", "seed",

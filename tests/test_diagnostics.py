@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose_config
+from helpers.cli import compose_config
 from rnnbench import diagnostics
 from rnnbench.errors import ConfigError
 from rnnbench.evaluation import evaluate, length_generalisation

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from helpers.cli import compose_config, composer
 from rnnbench.experiment import build_experiment
 
 EXPERIMENTS = sorted(p.name[:-5] for p in files("rnnbench.conf").joinpath("experiment").iterdir()
@@ -23,20 +24,42 @@ def _compose(overrides: list[str]):
     return compose_config(overrides, resolved=False, hydra=True)
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_sweep_combination_of_an_experiment_is_valid(experiment):
+def _sweep_jobs(experiment: str, every_combination: bool):
+    """The sweep's jobs to validate: every cell and task choice (each at least once, or in
+    every combination); the sweep's other axes at their longest value."""
     cfg = _compose([f"experiment={experiment}"])
+    for name, callback in cfg.hydra.callbacks.items():  # a stale _target_ would only fail at the sweep's end
+        assert callable(get_class(callback._target_)), name
     params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
-    # Every cell and task choice; the sweep's other axes at their longest value.
     axes = {k: v if k in ("cell", "task") else [v[-1]] for k, v in params.items()}
+    if every_combination:
+        jobs = list(itertools.product(*axes.values()))
+    else:
+        longest = max(len(v) for v in axes.values()) if axes else 1
+        jobs = [tuple(v[i % len(v)] for v in axes.values()) for i in range(longest)]
     # Without a GPU here, GPU experiments are validated on the CPU (everything else unchanged).
     device = [] if torch.cuda.is_available() or cfg.trainer.accelerator == "cpu" else ["trainer.accelerator=cpu"]
-    for values in itertools.product(*axes.values()):
-        overrides = [f"experiment={experiment}", *(f"{k}={v}" for k, v in zip(axes, values)), *device]
-        config = OmegaConf.to_container(_compose(overrides), resolve=False)
-        config.pop("hydra")
-        config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-        build_experiment(config)  # raises ConfigError on any bad key or value
+    return [[f"experiment={experiment}", *(f"{k}={v}" for k, v in zip(axes, values)), *device] for values in jobs]
+
+
+def _validate(jobs: list[list[str]]) -> None:
+    with composer() as compose:
+        for overrides in jobs:
+            config = OmegaConf.to_container(compose(overrides, resolved=False, hydra=True), resolve=False)
+            config.pop("hydra")
+            config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+            assert build_experiment(config).model is not None  # raises ConfigError on any bad key or value
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_cell_and_task_of_an_experiment_is_valid(experiment):
+    _validate(_sweep_jobs(experiment, every_combination=False))
+
+
+@pytest.mark.slow  # up to 40 composed configs per experiment (cell-task refusals show only in combination)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_sweep_combination_of_an_experiment_is_valid(experiment):
+    _validate(_sweep_jobs(experiment, every_combination=True))
 
 
 def test_readme_main_job_is_an_experiment_preset():

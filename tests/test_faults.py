@@ -11,7 +11,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import TINY, compose_config, run_cli, summaries
+from helpers.cli import TINY, compose_config, run_cli, summaries
 from rnnbench import store
 from rnnbench.report.frame import load_frame
 from rnnbench.files import write_json_atomic

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import compose_config
+from helpers.cli import compose_config
 from rnnbench.cells.gru import GRU
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS

@@ -9,7 +9,8 @@ recurrence (``forward``, ``use_fused=True``), the Python loop through autograd
 import pytest
 import torch
 
-from conftest import compose_config, run_path
+from helpers.cells import run_path
+from helpers.cli import compose_config
 from rnnbench.cells.indrnn import IndRNN, _IndRNNRecurrence
 from rnnbench.errors import ConfigError
 from rnnbench.registry import CELLS

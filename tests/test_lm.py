@@ -26,7 +26,8 @@ from rnnbench.bptt import Windows, batchify, fixed_windows, variable_windows
 from rnnbench.tasks.lm import LMTask
 from rnnbench.task import seeded_generator
 
-from conftest import compose_config, run_cli, shared_data, summaries
+from helpers.cli import compose_config, run_cli, summaries
+from helpers.data import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose_config, run_cli, shared_data, summaries
+from helpers.cli import compose_config, run_cli, summaries
+from helpers.data import shared_data
 from rnnbench import config as config_schema
 from rnnbench.bptt import fixed_windows
 from rnnbench.experiment import check_plugin_options

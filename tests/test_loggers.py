@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import TINY, compose_config
+from helpers.cli import TINY, compose_config
 from rnnbench.run import run_job
 
 

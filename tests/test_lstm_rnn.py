@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import run_path
+from helpers.cells import run_path
 from rnnbench.errors import ConfigError
 from rnnbench.registry import get_cell
 from rnnbench.cells.lstm import LSTM

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import compose_config
+from helpers.cli import compose_config
 from rnnbench.experiment import build_experiment
 
 

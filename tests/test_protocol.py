@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from conftest import run_cli, summaries
+from helpers.cli import run_cli, summaries
 from rnnbench.errors import ConfigError
 from rnnbench.horizon import HorizonSearch, HorizonSettings
 from rnnbench.protocol import choose, grid_values

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import TINY, run_cli, summaries
+import pytest
+
+from helpers.cli import TINY, run_cli, summaries
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -16,6 +18,7 @@ def _block(language: str, after: str) -> str:
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_cell_example_trains_through_the_cli(workdir):
     (workdir / "my_cells").mkdir()
     (workdir / "my_conf" / "cell").mkdir(parents=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose_config
+from helpers.cli import compose_config
 from rnnbench.errors import ConfigError
 from rnnbench.registry import get_task
 from rnnbench.run import build_experiment

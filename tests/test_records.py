@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, compose_config
+from helpers.cli import TINY, compose_config
 from rnnbench.checkpoints import read_checkpoint
 from rnnbench.record import RunRecord
 from rnnbench.run import run_job

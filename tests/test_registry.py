@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli, summaries
+from helpers.cli import TINY, run_cli, summaries
 from rnnbench import Cell
 from rnnbench.errors import RegistryError
 from rnnbench.registry import CELLS, TASKS, Registry, load_plugin_file
@@ -105,6 +105,7 @@ def make_distribution(root: Path, broken: bool = False) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_is_listed_lazily_and_trains_by_name(tmp_path, workdir):
     site = make_distribution(tmp_path)
     env = {"PYTHONPATH": str(site)}
@@ -130,6 +131,7 @@ def test_entry_point_plugin_is_listed_lazily_and_trains_by_name(tmp_path, workdi
     assert proc.returncode == 2 and "unknown cell 'toycell'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_broken_plugin_is_reported_with_its_distribution(tmp_path, workdir):
     site = make_distribution(tmp_path, broken=True)
     env = {"PYTHONPATH": str(site)}

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import TINY, run_cli, summaries
-from helpers import colour_of, full_report_records, labelled, markdown_rows, write_record
+from helpers.cli import TINY, run_cli, summaries
+from helpers.records import colour_of, full_report_records, labelled, markdown_rows, write_record
 from rnnbench.errors import ConfigError
 from rnnbench.files import write_json_atomic
 from rnnbench.record import SUMMARY_FILE

@@ -19,7 +19,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import TINY, run_cli, shared_data, summaries
+from helpers.cli import TINY, run_cli, summaries
+from helpers.data import shared_data
 from rnnbench import image_data
 from rnnbench.download import DataError
 from rnnbench.errors import ConfigError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose_config
+from helpers.cli import compose_config
 from rnnbench.errors import ConfigError
 from rnnbench.models import count_parameters
 from rnnbench.registry import CELLS

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, summaries
+from helpers.cli import run_cli, summaries
 
 SMALL = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.progress_bar=none", "trainer.threads=1",
          "cell.hidden_size=16", "task.seq_len=16", "task.batch_size=16", "task.val_size=32", "task.test_size=32"]

@@ -19,7 +19,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
+from helpers.cli import compose_config
 from rnnbench.download import DataError
 from rnnbench.evaluation import evaluate
 from rnnbench.registry import TASKS

@@ -12,7 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import run_cli, shared_data, summaries
+from helpers.cli import run_cli, summaries
+from helpers.data import shared_data
 from rnnbench import dates, parallel_data
 from rnnbench.decoding import beam_search, greedy, select_rows
 from rnnbench.errors import ConfigError
