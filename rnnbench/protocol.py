@@ -245,6 +245,9 @@ class HorizonSweeper(ProtocolSweeperBase):
             proposals = [p for p in proposals if p[2] is not None][: max(0, self.settings.max_runs - runs)]
             if not proposals:
                 break
+            # Longest T first: a parallel launcher starts the slowest jobs first and fills the
+            # end of the round with short ones, instead of waiting on a long one started last.
+            proposals.sort(key=lambda p: -p[2])
             rounds += 1
             lengths = sorted({T for _, _, T in proposals})
             sweep.set_stage(self.sweep_dir, f"horizon round {rounds}: {len(proposals)} runs at T in "

@@ -69,14 +69,37 @@ def test_readme_main_job_is_an_experiment_preset():
     assert command.split("=", 1)[1] in EXPERIMENTS
 
 
-def test_long_range_quick_covers_every_cell_and_fits_two_cores():
-    cfg = _compose(["experiment=long_range_quick"])
+CELL_PRESETS = {p.name[:-5] for p in files("rnnbench.conf").joinpath("cell").iterdir() if p.name.endswith(".yaml")}
+# Presets that are another preset with one paper's setting (not a cell of their own).
+PAPER_VARIANTS = {"lstm_plain"}
+
+
+@pytest.mark.parametrize("experiment", ["long_range_quick", "long_range"])
+def test_main_jobs_run_the_protocol_on_every_cell_at_matched_size(experiment):
+    cfg = _compose([f"experiment={experiment}"])
     params = cfg.hydra.sweeper.params
-    assert set(params.cell.split(",")) == {"gru", "bigru", "stacked_gru", "lstm", "rnn", "indrnn", "sru"}
-    assert set(params.task.split(",")) == {"adding", "copy_small"} and len(params.seed.split(",")) == 3
+    assert set(params.cell.split(",")) == CELL_PRESETS - PAPER_VARIANTS
+    assert set(params.task.split(",")) <= {"adding", "copy", "copy_small"} and len(params.task.split(",")) == 2
+    assert len(params.seed.split(",")) >= 3
+    assert cfg.hydra.sweeper._target_.endswith("ProtocolSweeper")
+    assert cfg.model.param_budget is not None  # size-matched by default
+    tuning_seeds = set(cfg.hydra.sweeper.tune.seeds)
+    assert tuning_seeds and not tuning_seeds & {int(s) for s in params.seed.split(",")}  # disjoint seeds
+    assert cfg.hydra.sweeper.max_length >= 500  # the cap lets a cell that gets there reach T=500
+    assert cfg.hydra.callbacks.sweep.report is True
+
+
+def test_long_range_quick_fits_two_cores():
+    cfg = _compose(["experiment=long_range_quick"])
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs * cfg.trainer.threads <= 2
-    assert cfg.hydra.callbacks.sweep.report is True
+
+
+@pytest.mark.parametrize("experiment, sweeper", [("tune", "TuneSweeper"), ("horizon", "HorizonSweeper")])
+def test_protocol_stages_are_reusable_recipes(experiment, sweeper):
+    cfg = _compose([f"experiment={experiment}", "cell=gru"])
+    assert cfg.hydra.sweeper._target_.endswith(sweeper)
+    assert cfg.hydra.mode.name == "MULTIRUN"
 
 
 def test_slurm_launcher_follows_the_trainer():
