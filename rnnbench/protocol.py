@@ -154,6 +154,9 @@ class TuneSweeper(ProtocolSweeperBase):
         if self.length is not None:
             fixed = [o for o in fixed if not o.startswith("task.seq_len=")] + [f"task.seq_len={self.length}"]
         grid = combinations({key: [f"{key}={v}" for v in values] for key, values in self.search.items()})
+        # Every trial runs its whole step budget (no stop when solved): the same steps for every
+        # cell, and best validation scores that compare (an early-stopped trial would stop improving).
+        fixed = [o for o in fixed if not o.startswith("trainer.stop_when_solved=")] + ["trainer.stop_when_solved=false"]
         batch = [[*fixed, *group, *trial, f"seed={seed}", "stage=tune"]
                  for group in combinations(axes) for trial in grid for seed in self.seeds]
         sweep.set_stage(self.sweep_dir, f"tuning: {len(batch)} trials", total=len(batch))

@@ -79,7 +79,7 @@ def test_main_jobs_run_the_protocol_on_every_cell_at_matched_size(experiment):
     cfg = _compose([f"experiment={experiment}"])
     params = cfg.hydra.sweeper.params
     assert set(params.cell.split(",")) == CELL_PRESETS - PAPER_VARIANTS
-    assert set(params.task.split(",")) <= {"adding", "copy", "copy_small"} and len(params.task.split(",")) == 2
+    assert set(params.task.split(",")) <= {"adding", "copy", "copy_small", "copy_quick"} and len(params.task.split(",")) == 2
     assert len(params.seed.split(",")) >= 3
     assert cfg.hydra.sweeper._target_.endswith("ProtocolSweeper")
     assert cfg.model.param_budget is not None  # size-matched by default

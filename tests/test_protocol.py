@@ -148,6 +148,8 @@ def test_tuning_gives_every_cell_the_same_budget_and_its_file_is_applied(workdir
             (1e-3, 100), (1e-3, 101), (pytest.approx(0.1), 100), (pytest.approx(0.1), 101)]
         assert {r["config"]["trainer"]["max_steps"] for r in mine} == {3}
         assert {r["config"]["stage"] for r in mine} == {"tune"}
+        assert {r["config"]["trainer"]["stop_when_solved"] for r in mine} == {False}  # every trial its whole budget
+        assert {r["steps"] for r in mine} == {3}
     (path,) = (workdir / "results").rglob("tuned.yaml")
     tuned = yaml.safe_load(path.read_text())
     for cell in ("gru", "lstm"):  # the choice, recomputed from the records

@@ -32,3 +32,33 @@ def test_readme_cell_example_trains_through_the_cli(workdir):
     assert record["cell"] == "mgu" and record["status"] == "finished"
     # MGU, hidden 16, input 2: input map 2*16*(2+1), two 16x16 recurrent maps; head 17.
     assert record["params"] == 2 * 16 * 3 + 2 * 16 * 16 + 17
+
+
+def test_readme_cell_example_keeps_the_cell_contract(monkeypatch):
+    """The printed MGU, loaded in process (registration stubbed so the registry is untouched):
+    its loop equals its step reference, in values and gradients, it records its gates, and
+    its parameter formula counts its parameters."""
+    import torch
+
+    import rnnbench
+    from rnnbench.cell import Cell
+
+    monkeypatch.setattr(rnnbench, "register_cell", lambda name: (lambda cls: cls))
+    namespace: dict = {}
+    exec(compile(_block("python", "## Add a cell"), "mgu.py", "exec"), namespace)
+    mgu = namespace["MGU"]
+    assert issubclass(mgu, Cell)
+    torch.manual_seed(0)
+    cell = mgu(3, 5).double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 4])
+    y, h = cell(x, cell.initial_state(2), lengths)  # forward: one GEMM for the inputs, then the loop
+    y_ref, h_ref = cell.loop_steps(x, cell.initial_state(2), lengths)
+    assert torch.allclose(y, y_ref, atol=1e-12) and torch.allclose(h, h_ref, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: cell(x, cell.initial_state(2), lengths)[0], (x,))
+    _, _, gates = cell.step_with_gates(x[:, 0], cell.initial_state(2))
+    assert set(gates) == set(mgu.gate_names) and mgu.retention_gate in gates
+    assert torch.allclose(gates["keep"], 1 - gates["f"])
+    for bias in (True, False):
+        counted = sum(p.numel() for p in mgu(3, 5, bias=bias).parameters())
+        assert mgu.num_parameters(3, 5, bias=bias) == counted
