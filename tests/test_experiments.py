@@ -108,3 +108,13 @@ def test_slurm_launcher_follows_the_trainer():
     root = OmegaConf.create({"trainer": OmegaConf.to_container(cfg.trainer), "hydra": {"launcher": launcher}})
     assert root.hydra.launcher.nodes == 2 and root.hydra.launcher.tasks_per_node == 4
     assert launcher["_target_"].endswith("SlurmLauncher")
+
+
+def test_suite_quick_runs_every_new_task_on_two_cells():
+    cfg = _compose(["experiment=suite_quick"])
+    tasks = {compose_config([f"task={preset}"])["task"]["name"] for preset in cfg.hydra.sweeper.params.task.split(",")}
+    formal = {"parity_check", "even_pairs", "cycle_navigation", "modular_arithmetic", "reverse_string",
+              "stack_manipulation", "duplicate_string", "bucket_sort"}
+    assert tasks == {"selective_copy", "mqar", "music", "seq_image", *formal}
+    assert len(cfg.hydra.sweeper.params.cell.split(",")) == 2
+    assert cfg.hydra.launcher.n_jobs * cfg.trainer.threads <= 2
