@@ -62,3 +62,20 @@ def test_readme_cell_example_keeps_the_cell_contract(monkeypatch):
     for bias in (True, False):
         counted = sum(p.numel() for p in mgu(3, 5, bias=bias).parameters())
         assert mgu.num_parameters(3, 5, bias=bias) == counted
+
+
+@pytest.mark.slow
+def test_a_quoted_main_job_run_is_reproduced(workdir):
+    """The README quotes the main job's results; one of its runs, named in a comment beside
+    them (``<!-- quoted-run: OVERRIDES => METRIC=VALUE steps_to_solve=N -->``), is run again
+    here with the same config and must give the quoted numbers (CPU runs are deterministic;
+    the tolerance allows other CPUs' floating-point kernels)."""
+    match = re.search(r"<!-- quoted-run: (.*?) => (\w+)=([0-9.e-]+) steps_to_solve=(\d+|None) -->",
+                      README.read_text(encoding="utf-8"))
+    assert match, "the README names no quoted run"
+    overrides, metric, value, steps = match.group(1).split(), match.group(2), float(match.group(3)), match.group(4)
+    proc = run_cli(["experiment=long_range_quick", "hydra.mode=RUN", *overrides], workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = summaries(workdir / "results")
+    assert record["metrics"]["test"][metric] == pytest.approx(value, rel=1e-3)
+    assert str(record["steps_to_solve"]) == steps
