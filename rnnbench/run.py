@@ -189,10 +189,9 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: RunRecord, resume_fr
     t = cfg["trainer"]
     module = BenchModule(task, exp.model, cfg["optim"], t["max_steps"])
     tracker = RunTracker(task, stop_when_solved=t["stop_when_solved"], patience=t["solved_patience"])
-    callbacks = [tracker, RngStateCallback()]
+    callbacks = [tracker, RngStateCallback(), *slurm.training_callbacks(run_dir, t["checkpoint"])]
     if t["checkpoint"]:
         callbacks.append(RunCheckpoints(run_dir / "checkpoints", tracker))
-    callbacks += slurm.training_callbacks(run_dir / store.LAST_CHECKPOINT if t["checkpoint"] else None)
     trainer = build_trainer(cfg, run_dir, callbacks)
     data_seed = cfg["data_seed"]
     # A resumed run's stream goes on at the restored step: batch k is a function of

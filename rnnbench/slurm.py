@@ -95,10 +95,12 @@ def restarts() -> Optional[int]:
     return int(os.environ.get("SLURM_RESTART_COUNT", 0)) if "SLURM_JOB_ID" in os.environ else None
 
 
-def training_callbacks(last_checkpoint: Path | None) -> list[pl.Callback]:
+def training_callbacks(run_dir: Path, checkpoint: bool) -> list[pl.Callback]:
     """The callback that stops training on SLURM's signals, when a launcher job watches
-    them (none otherwise). ``last_checkpoint``: where to save at the stop (None: no save)."""
-    return [StopOnSignal(last_checkpoint)] if _State.active else []
+    them (none otherwise); it saves ``last.ckpt`` at the stop if ``checkpoint``."""
+    from .store import LAST_CHECKPOINT
+
+    return [StopOnSignal(run_dir / LAST_CHECKPOINT if checkpoint else None)] if _State.active else []
 
 
 class StopOnSignal(pl.Callback):

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, compose_config, run_cli, summaries
-from helpers.slurm import PACKAGES, LocalCluster, missing_programs
+from helpers.slurm import cluster  # noqa: F401  (the session's SLURM cluster: a fixture, found here by pytest)
 from rnnbench import slurm, store
 from rnnbench.checkpoints import read_checkpoint
 from rnnbench.record import RunRecord
@@ -84,26 +84,6 @@ PAUSE_STEP = 12  # between the validations at steps 10 and 20: the saved state i
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    """A SLURM cluster on localhost for the session; every daemon is stopped at the end."""
-    missing = missing_programs()
-    if missing:
-        message = (f"SLURM is not installed here ({', '.join(missing)} not found); as root, "
-                   f"`apt-get install {PACKAGES}` (what .ci/run does) runs these tests")
-        if os.environ.get("RNNBENCH_REQUIRE_SLURM"):
-            pytest.fail(message)
-        pytest.skip(message)
-    local = LocalCluster(tmp_path_factory.mktemp("slurm"))
-    started = time.monotonic()
-    local.start()
-    print(f"\nSLURM cluster up in {time.monotonic() - started:.1f} s: node {local.node} {local.hardware}, "
-          f"SLURM_CONF={local.conf}")
-    yield local
-    killed = local.stop()
-    assert not killed and not local.running(), f"left running: {local.running()}, killed: {killed}"
-
-
-@pytest.fixture(scope="session")
 def slurm_plugin(tmp_path_factory):
     path = tmp_path_factory.mktemp("slurm_plugin") / "slurm_task.py"
     path.write_text(SLURM_TASK)
@@ -149,14 +129,17 @@ def wait_for_pause(marker, results, sweep) -> dict:
     return record
 
 
-def start_requeued_now(cluster, job_id: str) -> None:
+def start_requeued_now(cluster, job_id: str, run_dir) -> RunRecord:
     """SLURM holds a requeued job back for two minutes (pending reason BeginTime); let it
-    start as soon as it is requeued, to keep the test short."""
+    start as soon as it is requeued, with a limit it will not reach, to keep the test short.
+    Returns the run's record as the stopped job left it."""
     deadline = time.monotonic() + 120
     while cluster.run("squeue", "-h", "-j", job_id, "-o", "%r").stdout.strip() != "BeginTime":
         assert time.monotonic() < deadline, "the job was not requeued"
         time.sleep(0.2)
-    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    stopped = RunRecord.read(run_dir)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=5")
+    return stopped
 
 
 @pytest.mark.slurm
@@ -213,21 +196,36 @@ def test_a_two_task_job_trains_with_ddp_through_srun_as_a_local_ddp_cpu_run(clus
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_exactly(cluster, jobs, workdir, reference):
+@pytest.mark.parametrize("signal_from", ["scancel", "time_limit"])
+def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_exactly(cluster, jobs, workdir, reference,
+                                                                               signal_from):
+    """``scancel --signal=USR2`` sends what SLURM sends before the limit (and what many
+    clusters send to preempt); ``time_limit``: slurmctld itself sends it, ``signal_delay_s``
+    before the limit, once the paused job's limit is cut to one minute (SLURM may send it
+    up to a minute early: cutting the limit at the pause keeps it after PAUSE_STEP)."""
     marker = workdir / "paused"
     env = {**cluster.env, "RNNBENCH_TEST_PAUSE": f"{PAUSE_STEP}:{marker}"}
     with ThreadPoolExecutor(1) as pool:
-        sweep = pool.submit(run_cli, ["-m", *QUEUE, *jobs], workdir, env)
+        sweep = pool.submit(run_cli, ["-m", *QUEUE, "hydra.launcher.signal_delay_s=40", *jobs], workdir, env)
         paused = wait_for_pause(marker, workdir / "results", sweep)
-        cluster.run("scancel", "--signal=USR2", paused["slurm_job_id"])  # what SLURM sends before the limit
-        start_requeued_now(cluster, paused["slurm_job_id"])
+        if signal_from == "scancel":
+            cluster.run("scancel", "--signal=USR2", paused["slurm_job_id"])
+        else:
+            cluster.run("scontrol", "update", f"JobId={paused['slurm_job_id']}", "TimeLimit=1")
+        stopped = start_requeued_now(cluster, paused["slurm_job_id"], workdir / paused["run_dir"])
         proc = sweep.result(timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    print("before the requeue:", {k: getattr(stopped, k) for k in ("status", "steps", "error", "slurm_restarts")})
+    assert stopped.status == "interrupted" and stopped.steps == PAUSE_STEP
+    assert stopped.error == (f"stopped by SIGUSR2 (time limit near) at step {PAUSE_STEP}: checkpoints/last.ckpt "
+                             f"saved; the job is requeued and resumes from there")
     (record,) = summaries(workdir / "results")
-    incarnations = sacct(cluster, record["slurm_job_id"], "-X", "--duplicates", "-o", "JobID,State")
+    incarnations = sacct(cluster, record["slurm_job_id"], "-X", "--duplicates", "-o", "JobID,State,Start,End")
     assert [row["State"] for row in incarnations] == ["REQUEUED", "COMPLETED"]
     print("uninterrupted:", reference["metrics"]["test"], " requeued:", record["metrics"]["test"])
     assert record["status"] == "finished" and record["steps"] == 30
+    assert (workdir / record["run_dir"]).resolve() == (workdir / paused["run_dir"]).resolve()  # the same folder
+    assert record["config_hash"] == paused["config_hash"] == reference["config_hash"]
     assert record["resumed_from_step"] == PAUSE_STEP and record["slurm_restarts"] == 1
     assert record["metrics"] == reference["metrics"]
     curves = pd.read_csv(workdir / record["run_dir"] / "metrics.csv")  # nothing lost, nothing twice
@@ -314,3 +312,18 @@ def test_a_run_stopped_by_a_slurm_signal_resumes_to_the_same_numbers(stop_at, sl
     assert record.status == "interrupted" and record.error == stopped.value.reason
     resumed = run_job(cfg, tmp_path / "b" / "unused").record
     assert resumed.resumed_from_step == stop_at and resumed.metrics == uninterrupted.metrics
+
+
+def test_a_sweep_for_slurm_without_the_slurm_extra_is_one_line(monkeypatch, capsys, workdir):
+    """Without hydra-submitit-launcher (``pip install rnnbench[slurm]``), before Hydra composes anything."""
+    from rnnbench import cli, slurm_launcher
+
+    monkeypatch.setattr(slurm_launcher, "INSTALLED", False)
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["-m", *QUEUE, *TINY])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("rnnbench: error: hydra/launcher=slurm needs Hydra's submitit launcher "
+                                       "(hydra-submitit-launcher), which is not installed: pip install "
+                                       "'rnnbench[slurm]'.\n")
+    assert not any(workdir.iterdir())  # nothing written

@@ -9,6 +9,10 @@ free, so that nothing is shared with a system SLURM or another test session.
     cluster.env                  # SLURM_CONF: what sbatch, sacct, srun ... need
     cluster.stop()               # cancels every job, stops every daemon
 
+or, in a test module, the session fixture :func:`cluster` (``from helpers.slurm import
+cluster``; conftest does not import this module). It skips, saying why, where SLURM is not
+installed, and fails instead when ``RNNBENCH_REQUIRE_SLURM`` is set (CI installs SLURM).
+
 The node has this machine's CPUs and memory as ``slurmd -C`` reports them. Packages
 (Debian): ``slurm-wlm slurmdbd munge mariadb-server``.
 """
@@ -23,6 +27,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 # Programs the cluster runs, and the Debian packages that hold them.
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd")
@@ -63,6 +69,72 @@ def node_hardware() -> dict[str, str]:
     fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
     keys = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore", "RealMemory")
     return {key: fields[key] for key in keys if key in fields}
+
+
+def _auth(cluster: "LocalCluster") -> list[str]:
+    return ["AuthType=auth/munge", f"AuthInfo=socket={cluster.munge_socket}"]
+
+
+def slurm_conf(cluster: "LocalCluster") -> list[str]:
+    """The lines of ``slurm.conf``: one node (this machine's CPUs and memory) in one
+    partition, every file in the cluster's folder, accounting through slurmdbd."""
+    logs, run, folder = cluster.folder / "log", cluster.folder / "run", cluster.folder
+    return [
+        f"ClusterName={cluster.name}",
+        f"SlurmctldHost={cluster.node}(127.0.0.1)",
+        f"SlurmctldPort={cluster.ctld_port}",
+        f"SlurmdPort={cluster.slurmd_port}",
+        f"SlurmUser={cluster.user}",
+        f"SlurmdUser={cluster.user}",
+        *_auth(cluster),
+        "CredType=cred/munge",
+        f"StateSaveLocation={folder / 'state'}",
+        f"SlurmdSpoolDir={folder / 'spool'}",
+        f"SlurmctldPidFile={run / 'slurmctld.pid'}",
+        f"SlurmdPidFile={run / 'slurmd.pid'}",
+        f"SlurmctldLogFile={logs / 'slurmctld.log'}",
+        f"SlurmdLogFile={logs / 'slurmd.log'}",
+        f"PlugStackConfig={folder / 'etc' / 'plugstack.conf'}",
+        "ProctrackType=proctrack/linuxproc",  # no cgroups: works in containers and CI runners
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",  # CPUs and memory are what jobs ask for
+        "MpiDefault=none",
+        "MailProg=/bin/true",  # no mail from a test cluster
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/slurmdbd",  # sacct reads job states from slurmdbd
+        "AccountingStorageHost=127.0.0.1",
+        f"AccountingStoragePort={cluster.dbd_port}",
+        f"AccountingStoragePass={cluster.munge_socket}",  # for slurmdbd: the munge socket to use
+        "JobCompType=jobcomp/none",
+        "ReturnToService=2",
+        "KillWait=10",  # seconds from SIGTERM to SIGKILL (scancel, time limit)
+        "MinJobAge=600",  # finished jobs stay visible to scontrol for the whole session
+        "SchedulerParameters=sched_interval=2",  # start queued jobs quickly
+        "SlurmctldDebug=info",
+        "SlurmdDebug=info",
+        "NodeName={} NodeAddr=127.0.0.1 {} State=UNKNOWN".format(
+            cluster.node, " ".join(f"{k}={v}" for k, v in cluster.hardware.items())),
+        f"PartitionName={PARTITION} Nodes={cluster.node} Default=YES MaxTime=INFINITE State=UP",
+    ]
+
+
+def slurmdbd_conf(cluster: "LocalCluster") -> list[str]:
+    """The lines of ``slurmdbd.conf``: the accounting daemon on loopback, its MariaDB beside it."""
+    return [
+        *_auth(cluster),
+        "DbdHost=localhost",
+        "DbdAddr=127.0.0.1",
+        f"DbdPort={cluster.dbd_port}",
+        f"SlurmUser={cluster.user}",
+        f"LogFile={cluster.folder / 'log' / 'slurmdbd.log'}",
+        f"PidFile={cluster.folder / 'run' / 'slurmdbd.pid'}",
+        "StorageType=accounting_storage/mysql",
+        "StorageHost=127.0.0.1",
+        f"StoragePort={cluster.db_port}",
+        f"StorageUser={cluster.user}",
+        "StorageLoc=slurm_acct_db",
+    ]
 
 
 class ClusterError(RuntimeError):
@@ -130,64 +202,10 @@ class LocalCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self.hardware = node_hardware()
-        logs, run = self.folder / "log", self.folder / "run"
         (self.folder / "etc" / "plugstack.conf").write_text("")  # no site SPANK plugins
-        common = [f"AuthType=auth/munge", f"AuthInfo=socket={self.munge_socket}"]
-        self.conf.write_text("\n".join([
-            f"ClusterName={self.name}",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
-            f"SlurmctldPort={self.ctld_port}",
-            f"SlurmdPort={self.slurmd_port}",
-            f"SlurmUser={self.user}",
-            f"SlurmdUser={self.user}",
-            *common,
-            "CredType=cred/munge",
-            f"StateSaveLocation={self.folder / 'state'}",
-            f"SlurmdSpoolDir={self.folder / 'spool'}",
-            f"SlurmctldPidFile={run / 'slurmctld.pid'}",
-            f"SlurmdPidFile={run / 'slurmd.pid'}",
-            f"SlurmctldLogFile={logs / 'slurmctld.log'}",
-            f"SlurmdLogFile={logs / 'slurmd.log'}",
-            f"PlugStackConfig={self.folder / 'etc' / 'plugstack.conf'}",
-            "ProctrackType=proctrack/linuxproc",  # no cgroups: works in containers and CI runners
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core_Memory",  # CPUs and memory are what jobs ask for
-            "MpiDefault=none",
-            "MailProg=/bin/true",  # no mail from a test cluster
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/slurmdbd",  # sacct reads job states from slurmdbd
-            "AccountingStorageHost=127.0.0.1",
-            f"AccountingStoragePort={self.dbd_port}",
-            f"AccountingStoragePass={self.munge_socket}",  # for slurmdbd: the munge socket to use
-            "JobCompType=jobcomp/none",
-            "ReturnToService=2",
-            "KillWait=10",  # seconds from SIGTERM to SIGKILL (scancel, time limit)
-            "MinJobAge=600",  # finished jobs stay visible to scontrol for the whole session
-            "SchedulerParameters=sched_interval=2",  # start queued jobs quickly
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
-            "NodeName={} NodeAddr=127.0.0.1 {} State=UNKNOWN".format(
-                self.node, " ".join(f"{k}={v}" for k, v in self.hardware.items())),
-            f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ]))
+        self.conf.write_text("\n".join([*slurm_conf(self), ""]))
         dbd = self.folder / "etc" / "slurmdbd.conf"
-        dbd.write_text("\n".join([
-            *common,
-            "DbdHost=localhost",
-            "DbdAddr=127.0.0.1",
-            f"DbdPort={self.dbd_port}",
-            f"SlurmUser={self.user}",
-            f"LogFile={logs / 'slurmdbd.log'}",
-            f"PidFile={run / 'slurmdbd.pid'}",
-            "StorageType=accounting_storage/mysql",
-            "StorageHost=127.0.0.1",
-            f"StoragePort={self.db_port}",
-            f"StorageUser={self.user}",
-            "StorageLoc=slurm_acct_db",
-            "",
-        ]))
+        dbd.write_text("\n".join([*slurmdbd_conf(self), ""]))
         dbd.chmod(0o600)  # slurmdbd refuses a config others can read (it may hold a password)
 
     def _start(self, name: str, command: list[str], log: str) -> None:
@@ -289,3 +307,23 @@ class LocalCluster:
             if f"SLURM_CONF={self.conf}".encode() in environ.split(b"\0"):
                 found.append(int(entry.name))
         return sorted(set(found))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A SLURM cluster on localhost for the session; every daemon is stopped at the end."""
+    missing = missing_programs()
+    if missing:
+        message = (f"SLURM is not installed here ({', '.join(missing)} not found); as root, "
+                   f"`apt-get install {PACKAGES}` (what .ci/run does) runs these tests")
+        if os.environ.get("RNNBENCH_REQUIRE_SLURM"):
+            pytest.fail(message)
+        pytest.skip(message)
+    local = LocalCluster(tmp_path_factory.mktemp("slurm"))
+    started = time.monotonic()
+    local.start()
+    print(f"\nSLURM cluster up in {time.monotonic() - started:.1f} s: node {local.node} {local.hardware}, "
+          f"SLURM_CONF={local.conf}")
+    yield local
+    killed = local.stop()
+    assert not killed and not local.running(), f"left running: {local.running()}, killed: {killed}"
