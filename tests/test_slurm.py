@@ -26,13 +26,14 @@ from rnnbench.record import RunRecord
 from rnnbench.report import build_report
 from rnnbench.run import run_job
 from rnnbench.store import load_records
+from test_faults import FAULT_TASK
 
 SLURM_TASK = '''
+import itertools
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 from rnnbench import register_task
 from rnnbench.tasks.adding import AddingTask
@@ -59,21 +60,19 @@ def wait_for_signal(marker: str, timeout: float = 120) -> None:
 
 @register_task("slurm_adding")
 class SlurmAdding(AddingTask):
-    def __init__(self, *, fail_at_step: Optional[int] = None, **options):
+    """The adding task, with SLURM's signals at known training steps (counted from 1)."""
+
+    def __init__(self, **options):
         super().__init__(**options)
-        self.fail_at_step = fail_at_step
-        self.steps_taken = 0
+        self.training_steps = itertools.count(1)
 
     def loss_and_metrics(self, model, batch):
-        if model.training:
-            self.steps_taken += 1
-            if self.fail_at_step is not None and self.steps_taken > self.fail_at_step:
-                raise RuntimeError("injected fault")
-            if os.environ.get("RNNBENCH_TEST_SIGNAL") == str(self.steps_taken):  # as SLURM would, to itself
-                os.kill(os.getpid(), signal.SIGUSR2)
-            step, _, marker = os.environ.get("RNNBENCH_TEST_PAUSE", "").partition(":")
-            if step and self.steps_taken == int(step) and not Path(marker).exists():
-                wait_for_signal(marker)
+        step = next(self.training_steps) if model.training else None
+        if step is not None and os.environ.get("RNNBENCH_TEST_SIGNAL") == str(step):  # as SLURM would, to itself
+            os.kill(os.getpid(), signal.SIGUSR2)
+        pause, _, marker = os.environ.get("RNNBENCH_TEST_PAUSE", "").partition(":")
+        if step is not None and pause and step == int(pause) and not Path(marker).exists():
+            wait_for_signal(marker)
         return super().loss_and_metrics(model, batch)
 '''
 
@@ -87,6 +86,15 @@ PAUSE_STEP = 12  # between the validations at steps 10 and 20: the saved state i
 def slurm_plugin(tmp_path_factory):
     path = tmp_path_factory.mktemp("slurm_plugin") / "slurm_task.py"
     path.write_text(SLURM_TASK)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fault_plugin(tmp_path_factory):
+    """test_faults' task with ``task.fail_at_step``; loaded by command lines only (test_faults
+    loads its own copy in this process)."""
+    path = tmp_path_factory.mktemp("slurm_faults") / "faults.py"
+    path.write_text(FAULT_TASK)
     return path
 
 
@@ -144,9 +152,9 @@ def start_requeued_now(cluster, job_id: str, run_dir) -> RunRecord:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_sweep_runs_every_job_through_slurm_and_records_the_failed_one(cluster, jobs, workdir):
-    sweep = ["-m", *QUEUE, "hydra.launcher.array_parallelism=1", *jobs, "trainer.max_steps=6",
-             "trainer.val_check_interval=3", "+task.fail_at_step=null,3"]
+def test_sweep_runs_every_job_through_slurm_and_records_the_failed_one(cluster, fault_plugin, workdir):
+    sweep = ["-m", *QUEUE, "hydra.launcher.array_parallelism=1", f"plugins=[{fault_plugin}]", "task.name=faulty_adding",
+             *TINY, "trainer.max_steps=6", "trainer.val_check_interval=3", "+task.fail_at_step=null,3"]
     started = time.monotonic()
     proc = run_cli(sweep, workdir, env=cluster.env)
     print(f"sweep of 2 jobs through SLURM: {time.monotonic() - started:.1f} s")
