@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -242,31 +243,42 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_exactly(c
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.parametrize("kill", [False, True])
 def test_a_cancelled_job_is_recorded_interrupted_and_the_rerun_resumes_it(cluster, jobs, workdir, reference,
-                                                                        monkeypatch):
+                                                                        monkeypatch, kill):
+    """``scancel``: SIGTERM, last.ckpt saved at the step it arrives; ``kill``: SIGKILL to the
+    run's process (no chance to save, as from the OOM killer), resumed from the last validation."""
     marker = workdir / "paused"
     env = {**cluster.env, "RNNBENCH_TEST_PAUSE": f"{PAUSE_STEP}:{marker}"}
     with ThreadPoolExecutor(1) as pool:
         sweep = pool.submit(run_cli, ["-m", *QUEUE, *jobs], workdir, env)
         paused = wait_for_pause(marker, workdir / "results", sweep)
-        cluster.run("scancel", paused["slurm_job_id"])
+        if kill:
+            os.kill(int(marker.read_text()), signal.SIGKILL)  # the paused process wrote its pid there
+        else:
+            cluster.run("scancel", paused["slurm_job_id"])
         first = sweep.result(timeout=300)
     assert first.returncode == 1, first.stderr[-3000:]
-    assert f"(SLURM {paused['slurm_job_id']}) ended CANCELLED" in first.stdout + first.stderr
-    (stopped,) = summaries(workdir / "results")
-    print("after scancel:", {k: stopped[k] for k in ("status", "steps", "error")})
-    assert stopped["status"] == "interrupted" and stopped["steps"] == PAUSE_STEP
-    assert stopped["error"].startswith(f"stopped by SIGTERM (scancel or preemption) at step {PAUSE_STEP}")
-    assert read_checkpoint(workdir / stopped["run_dir"] / "checkpoints" / "last.ckpt")["global_step"] == PAUSE_STEP
     (state,) = [row["State"] for row in sacct(cluster, paused["slurm_job_id"], "-X", "-o", "JobID,State")]
-    assert state.startswith("CANCELLED")
+    assert f"(SLURM {paused['slurm_job_id']}) ended {state.split()[0]}" in first.stdout + first.stderr
+    (stopped,) = summaries(workdir / "results")
+    print(f"SLURM state {state}; the record after the sweep:", {k: stopped[k] for k in ("status", "steps", "error")})
+    assert stopped["status"] == "interrupted"
+    if kill:
+        saved_at = 10  # the validation before PAUSE_STEP
+        assert stopped["error"].startswith(f"SLURM job {paused['slurm_job_id']} ended {state.split()[0]} while running")
+    else:
+        saved_at = PAUSE_STEP
+        assert state.startswith("CANCELLED") and stopped["steps"] == PAUSE_STEP
+        assert stopped["error"].startswith(f"stopped by SIGTERM (scancel or preemption) at step {PAUSE_STEP}")
+    assert read_checkpoint(workdir / stopped["run_dir"] / "checkpoints" / "last.ckpt")["global_step"] == saved_at
 
     again = run_cli(["-m", *QUEUE, *jobs], workdir, env=cluster.env)  # the same command
     assert again.returncode == 0, again.stderr[-3000:]
     (record,) = summaries(workdir / "results")  # one run, gone on in its own directory
     run_dir = (workdir / stopped["run_dir"]).resolve()
     assert (workdir / record["run_dir"]).resolve() == run_dir and record["status"] == "finished"
-    assert record["resumed_from_step"] == PAUSE_STEP and record["metrics"] == reference["metrics"]
+    assert record["resumed_from_step"] == saved_at and record["metrics"] == reference["metrics"]
     pointer = next((workdir / "results").rglob(store.REUSED_FILE))
     assert (workdir / json.loads(pointer.read_text())["run_dir"]).resolve() == run_dir
     monkeypatch.chdir(workdir)  # records name their folders relative to where the sweep ran, as a user reads them
