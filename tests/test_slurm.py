@@ -347,3 +347,19 @@ def test_a_sweep_for_slurm_without_the_slurm_extra_is_one_line(monkeypatch, caps
                                        "(hydra-submitit-launcher), which is not installed: pip install "
                                        "'rnnbench[slurm]'.\n")
     assert not any(workdir.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("trainer, gpus", [(["trainer=cpu"], None), (["trainer=gpu"], 1),
+                                           (["trainer=ddp", "trainer.devices=4"], 4)])
+def test_slurm_asks_for_one_gpu_per_process_only_on_gpus(trainer, gpus):
+    """``gpus_per_node: null`` follows the trainer (no GPU cluster here: the request, not a run)."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.rnnbench_slurm_launcher import SlurmLauncher
+
+    cfg = compose_config(["hydra/launcher=slurm", *trainer], resolved=False, hydra=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    launcher = SlurmLauncher(**params)
+    launcher.config = cfg
+    queue = launcher._queue_parameters()
+    assert queue["gpus_per_node"] == gpus and queue["tasks_per_node"] == (gpus or 1)
