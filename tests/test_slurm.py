@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 
-from conftest import TINY, compose_config, run_cli, summaries
+from helpers.cli import TINY, compose_config, run_cli, summaries
 from helpers.slurm import cluster  # noqa: F401  (the session's SLURM cluster: a fixture, found here by pytest)
 from rnnbench import slurm, store
 from rnnbench.checkpoints import read_checkpoint
