@@ -80,6 +80,7 @@ class SlurmAdding(AddingTask):
 # One CPU and 1 GB per job: two jobs at a time on a 2-core machine.
 QUEUE = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
          "hydra.launcher.timeout_min=5"]
+UNFINISHED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED")  # sacct's states of a live job
 PAUSE_STEP = 12  # between the validations at steps 10 and 20: the saved state is the signal's, not a validation's
 
 
@@ -117,13 +118,20 @@ def reference(slurm_plugin, tmp_path_factory):
 
 
 def sacct(cluster, job_id: str, *options: str) -> list[dict]:
-    """SLURM's accounting rows of a job (all its array tasks / steps) once no job is left in
-    the queue, as dicts; printed too."""
+    """SLURM's accounting rows of a job (all its array tasks / steps; ``options`` name a
+    ``State`` column) once no job is left in the queue and the accounting database has
+    caught up (slurmctld reports a job's end to slurmdbd a moment after squeue drops it),
+    as dicts; printed too."""
     cluster.wait_until_idle()
-    out = cluster.run("sacct", "-j", job_id.split("_")[0], "--parsable2", *options).stdout
-    print(out)
-    header, *rows = out.strip().splitlines()
-    return [dict(zip(header.split("|"), row.split("|"))) for row in rows]
+    deadline = time.monotonic() + 60
+    while True:
+        out = cluster.run("sacct", "-j", job_id.split("_")[0], "--parsable2", *options).stdout
+        header, *lines = out.strip().splitlines()
+        rows = [dict(zip(header.split("|"), line.split("|"))) for line in lines]
+        if not any(row["State"] in UNFINISHED for row in rows) or time.monotonic() > deadline:
+            print(out)
+            return rows
+        time.sleep(0.5)
 
 
 def wait_for_pause(marker, results, sweep) -> dict:
@@ -189,7 +197,7 @@ def test_a_two_task_job_trains_with_ddp_through_srun_as_a_local_ddp_cpu_run(clus
     (record,) = summaries(workdir / "results")  # rank 0 alone writes a record
     job_id = record["slurm_job_id"]
     steps = {row["JobID"]: row for row in sacct(cluster, job_id, "-o", "JobID,State,NTasks,AllocCPUS")}
-    assert steps[f"{job_id}.0"]["NTasks"] == "2" and steps[job_id]["State"] in ("COMPLETED", "RUNNING")
+    assert steps[f"{job_id}.0"]["NTasks"] == "2" and steps[job_id]["State"] == "COMPLETED"
     submitit = next((workdir / "results").rglob(f".submitit/{job_id}"))
     assert sorted(p.name for p in submitit.glob("*_result.pkl")) == [f"{job_id}_0_result.pkl",
                                                                      f"{job_id}_1_result.pkl"]
