@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as config_schema
-from . import store, sweep
+from . import slurm_launcher, store, sweep
 from .errors import ConfigError
 from .presets import check_group_choices, config_search_path, precheck, preset_files
 from .record import RunRecord
@@ -37,13 +37,14 @@ def error(message: str) -> None:
     print(f"rnnbench: error: {message}", file=sys.stderr)
 
 
-def refused_record(run_dir: Path, cfg: DictConfig, exc: ConfigError, presets: dict) -> RunRecord:
-    """In a sweep, a job with bad input still leaves a record saying why it did not run."""
+def refused_record(run_dir: Path, cfg: DictConfig, error: str, presets: dict, status: str = "failed") -> RunRecord:
+    """In a sweep, a job that did not run (bad input; a cluster job that never started)
+    still leaves a record saying why."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation error is itself the bad input
         config = None
-    record = RunRecord(run_dir=str(run_dir), status="failed", error=f"ConfigError: {exc}",
+    record = RunRecord(run_dir=str(run_dir), status=status, error=error,
                        cell=OmegaConf.select(cfg, "cell.name"), task=OmegaConf.select(cfg, "task.name"),
                        cell_preset=presets.get("cell"), task_preset=presets.get("task"),
                        seed=OmegaConf.select(cfg, "seed"), config=config)
@@ -70,7 +71,7 @@ def hydra_app(cfg: DictConfig):
             error(str(exc))
             sys.exit(2)
         log.error("job %s not run: %s", hydra_cfg.job.num, exc)
-        record = refused_record(run_dir, cfg, exc, presets)
+        record = refused_record(run_dir, cfg, f"ConfigError: {exc}", presets)
         sweep.job_done(Path(hydra_cfg.sweep.dir), str(hydra_cfg.job.num), record.status)
         return job_summary(record)
     except Exception as exc:
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     search_path = config_search_path()
     try:
         check_group_choices([a for a in argv if not a.startswith("-")], search_path)
+        slurm_launcher.check_installed(argv)
         precheck(argv, search_path)
     except ConfigError as exc:
         error(str(exc))

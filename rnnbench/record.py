@@ -103,6 +103,8 @@ class RunRecord:
     git_commit: Optional[dict[str, Any]] = None
     pid: Optional[int] = None  # with host: tells a killed run from one still running
     host: Optional[str] = None
+    slurm_job_id: Optional[str] = None  # the SLURM job that ran it (``sacct -j ID``), array task included
+    slurm_restarts: Optional[int] = None  # how often SLURM requeued that job before this segment
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
     diagnostics: Optional[str] = None  # the diagnostics file, when recorded

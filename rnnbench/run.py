@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoints, diagnostics, distributed, store, tuning
+from . import checkpoints, diagnostics, distributed, slurm, store, tuning
 from .errors import ConfigError, DivergedError
 from .evaluation import evaluate, length_generalisation
 from .experiment import CONFIG_FILE, Experiment, build_experiment
@@ -82,6 +82,7 @@ def new_record(exp: Experiment, run_dir: Path, world_size: int, presets: dict) -
         config_hash=config_hash(cfg), config=cfg,
         protocol=tuning.provenance(cfg, presets), deviations=list(cfg["deviations"]),
         versions=dict(versions()), git_commit=copy.copy(git_commit()), pid=os.getpid(), host=socket.gethostname(),
+        slurm_job_id=slurm.job_id(), slurm_restarts=slurm.restarts(),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
 
@@ -150,8 +151,9 @@ def _run_and_record(exp: Experiment, run_dir: Path, record: RunRecord, resume_fr
     except KeyboardInterrupt:
         record.status, record.error = "interrupted", "KeyboardInterrupt"
         raise
-    except SystemExit as exc:  # Lightning exits after handling Ctrl-C
-        record.status, record.error = "interrupted", f"SystemExit({exc.code}) after KeyboardInterrupt"
+    except SystemExit as exc:  # Lightning exits after handling Ctrl-C; slurm.Stopped: SLURM's signals
+        record.status = "interrupted"
+        record.error = getattr(exc, "reason", None) or f"SystemExit({exc.code}) after KeyboardInterrupt"
         raise
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -187,7 +189,7 @@ def _train_and_test(exp: Experiment, run_dir: Path, record: RunRecord, resume_fr
     t = cfg["trainer"]
     module = BenchModule(task, exp.model, cfg["optim"], t["max_steps"])
     tracker = RunTracker(task, stop_when_solved=t["stop_when_solved"], patience=t["solved_patience"])
-    callbacks = [tracker, RngStateCallback()]
+    callbacks = [tracker, RngStateCallback(), *slurm.training_callbacks(run_dir, t["checkpoint"])]
     if t["checkpoint"]:
         callbacks.append(RunCheckpoints(run_dir / "checkpoints", tracker))
     trainer = build_trainer(cfg, run_dir, callbacks)
