@@ -88,3 +88,16 @@ def test_corpus_metrics_are_logged_and_plateau_divides_the_learning_rate(tmp_pat
     assert abs(module.optimizers().param_groups[0]["lr"] - 0.1 / 16) < 1e-12
     result = trainer.test(module, dataloaders=task.test_dataloader(0), verbose=False)[0]
     assert abs(result["test/rmse"] - result["test/mse"] ** 0.5) < 1e-6
+
+
+def test_every_optimiser_default_has_one_source():
+    """Keys the optim config leaves out take OptimConfig's defaults, in the optimiser and in the
+    plateau schedule alike (once 0.1 in the schema and 0.25 in the module)."""
+    from rnnbench.config import OptimConfig
+
+    defaults = OptimConfig(name="sgd", lr=0.1)
+    module = BenchModule(AddingTask(seq_len=5), torch.nn.Linear(2, 1), {"name": "sgd", "lr": 0.1}, max_steps=10)
+    assert module.optim["gamma"] == defaults.gamma == 0.1
+    assert module.optim["patience"] == defaults.patience
+    optimizer = build_optimizer(torch.nn.Linear(2, 1).parameters(), {"name": "adam", "lr": 0.1}, max_steps=10)
+    assert tuple(optimizer.defaults["betas"]) == tuple(defaults.betas)
