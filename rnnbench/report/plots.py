@@ -241,6 +241,8 @@ def lr_sensitivity(figures: Figures, tuning: pd.DataFrame) -> None:
             chosen = line[line["chosen"] != ""]
             ax.scatter(chosen["lr"], chosen["val_mean"], marker="*", s=260, color=colour, edgecolor="k", zorder=5)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(rows["lr"].unique()), [f"{lr:.2g}" for lr in sorted(rows["lr"].unique())])
+        ax.minorticks_off()  # the tried rates label the axis; log minor labels would overlap them
         metric = rows["metric"].iloc[0]
         ax.set(xlabel="learning rate (optim.lr)", ylabel=f"validation {metric} (best; mean over seeds)",
                title=f"{subject}: learning-rate sensitivity (★ chosen)")
