@@ -290,7 +290,7 @@ class IndRNN(Cell):
         Padding: the cell is causal and its state is its output, so run the padded
         batch, zero the padded outputs and read each final state at its last real step.
         """
-        a = F.linear(x.transpose(0, 1), self.weight_ih, self.bias_ih)  # (T, B, H)
+        a = self.input_projection(x.transpose(0, 1))  # (T, B, H)
         y = _IndRNNRecurrence.apply(a, self.weight_hh, state, self.nonlinearity).transpose(0, 1)
         return last_real_outputs(y, state, mask)
 

@@ -203,11 +203,11 @@ class _MinRNN(Cell):
     def fused_forward(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One GEMM for every input projection, then the scan in blocks of 16 steps
         (:func:`rnnbench.scans.scan_blocks`): the log-space scan
-        (:class:`rnnbench.scans.LogSpaceScan`) of :func:`log_coefficients`, or for the
+        (:func:`rnnbench.scans.log_space_scan`, in :class:`LogSpaceMinRNN`) of :func:`log_coefficients`, or for the
         plain version the linear one (:class:`rnnbench.scans.LinearRecurrence`, gates
         through autograd). Padded
         steps get ``a = 1, b = 0``; time-first inside."""
-        p = self.linear(x.transpose(0, 1))  # (T, B, G·D), contiguous
+        p = self.input_projection(x.transpose(0, 1))  # (T, B, G·D), contiguous
         mask_t = None if mask is None else mask.t().unsqueeze(-1)
         h, last = scan_blocks(self._scan_block, [p, mask_t], state)
         y = self.output(h)
@@ -242,7 +242,7 @@ class MinGRU(_MinRNN):
         return {"z": z, "keep": 1 - z, "h_tilde": self.candidate(v)}
 
     def update(self, gates: dict[str, Tensor], h: Tensor) -> Tensor:
-        return (1 - gates["z"]) * h + gates["z"] * gates["h_tilde"]
+        return gates["keep"] * h + gates["z"] * gates["h_tilde"]
 
     @classmethod
     def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:

@@ -117,12 +117,14 @@ def idx_content(path: Path, spec: IdxFile) -> bytes:
     except (OSError, EOFError) as exc:
         problem = f"it is not a gzip file ({exc})"
     else:
-        if hashlib.md5(raw).hexdigest() == spec.gz_md5 or (
-                spec.content_md5 is not None and hashlib.md5(content).hexdigest() == spec.content_md5):
+        raw_md5 = hashlib.md5(raw).hexdigest()
+        content_md5 = (hashlib.md5(content).hexdigest()
+                       if raw_md5 != spec.gz_md5 and spec.content_md5 is not None else None)
+        if raw_md5 == spec.gz_md5 or (spec.content_md5 is not None and content_md5 == spec.content_md5):
             return content
-        problem = (f"its bytes (MD5 {hashlib.md5(raw).hexdigest()}) are not the published archive's "
+        problem = (f"its bytes (MD5 {raw_md5}) are not the published archive's "
                    f"({spec.gz_md5}), and " + (
-                       f"its decompressed content (MD5 {hashlib.md5(content).hexdigest()}) is not the published "
+                       f"its decompressed content (MD5 {content_md5}) is not the published "
                        f"content ({spec.content_md5})" if spec.content_md5 is not None
                        else "no checksum of the decompressed content is known for it"))
     if default_cache_dir() in path.resolve().parents:

@@ -136,10 +136,9 @@ def notes_to_roll(piece, where: str = "piece") -> Tensor:
     """A piece as lists of MIDI notes per step -> its ``(L, 88)`` uint8 piano roll."""
     steps = [list(step) for step in piece]
     notes = torch.tensor([note for step in steps for note in step], dtype=torch.float64)
-    if notes.numel() and bool((notes != notes.round()).any() | (notes < LOWEST_NOTE).any()
-                              | (notes >= LOWEST_NOTE + KEYS).any()):
-        bad = notes[(notes != notes.round()) | (notes < LOWEST_NOTE) | (notes >= LOWEST_NOTE + KEYS)][0].item()
-        raise DataError(f"{where} has the note {bad}; expected MIDI note numbers {LOWEST_NOTE}..{LOWEST_NOTE + KEYS - 1}"
+    bad = (notes != notes.round()) | (notes < LOWEST_NOTE) | (notes >= LOWEST_NOTE + KEYS)
+    if bool(bad.any()):
+        raise DataError(f"{where} has the note {notes[bad][0].item()}; expected MIDI note numbers {LOWEST_NOTE}..{LOWEST_NOTE + KEYS - 1}"
                         f" (the 88 piano keys).")
     step_of_note = torch.repeat_interleave(torch.tensor([len(step) for step in steps], dtype=torch.long))
     roll = torch.zeros(len(steps), KEYS, dtype=torch.uint8)

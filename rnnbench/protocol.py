@@ -35,6 +35,7 @@ from . import sweep
 from .errors import ConfigError, check, is_int
 from .files import write_text_atomic
 from .horizon import HorizonSearch, HorizonSettings
+from .record import ENDED
 
 log = logging.getLogger("rnnbench")
 
@@ -257,7 +258,7 @@ class HorizonSweeper(ProtocolSweeperBase):
                                             f"{{{', '.join(map(str, lengths))}}}, {runs} runs before")
             batch = [[*fixed, *group, f"{self.length_key}={T}", "stage=horizon", *extra] for group, _, T in proposals]
             for (_, search, T), summary in zip(proposals, self.launch(batch)):
-                search.record(T, summary.get("status") in ("finished", "diverged") and bool(summary.get("solved")))
+                search.record(T, summary.get("status") in ENDED and bool(summary.get("solved")))
             runs += len(batch)
         results = [{"group": group, "tried": dict(sorted(s.tried.items())), "horizon": s.longest_solved}
                    for group, s in searches]

@@ -13,7 +13,7 @@ exact (the same function as the step loop, to rounding):
   pairs of steps are composed, the half-length problem is solved recursively, and
   the other half is filled in from it: ``log2 T`` levels of whole-tensor operations,
   ``O(T)`` work; real or complex tensors; the backward is a scan too.
-- :class:`LogSpaceScan`: the log-space scan of Heinsen (2023), as written in Feng
+- :func:`log_space_scan`: the log-space scan of Heinsen (2023), as written in Feng
   et al. (2024, appendix B) for minGRU/minLSTM, for ``b_t > 0``:
   ``a*_t = Σ_{k<=t} log a_k``, ``log h_t = a*_t + logcumsumexp_{k<=t}(log b_k − a*_k)``.
 
@@ -130,28 +130,6 @@ def _scan_from_zero(a: Tensor, b: Tensor) -> Tensor:
     h[0] = b[0]
     h[2::2] = torch.addcmul(b[2::2], a[2::2], h[1 : steps - 1 : 2])  # h_2, h_4, ...
     return h
-
-
-class LogSpaceScan(torch.autograd.Function):
-    """``apply(log_a, log_b, h0) -> h``: ``h_t = a_t h_{t-1} + b_t`` for ``b > 0`` by the
-    log-space scan (:func:`log_space_scan`); backward: the adjoint recurrence, with
-    ``∂L/∂log a_t = λ_t a_t h_{t-1}`` and ``∂L/∂log b_t = λ_t b_t``."""
-
-    @staticmethod
-    def forward(ctx, log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
-        h = log_space_scan(log_a, log_b, h0)
-        ctx.save_for_backward(log_a, log_b, h0, h)
-        return h
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_h: Tensor):
-        log_a, log_b, h0, h = ctx.saved_tensors
-        a = torch.exp(log_a)
-        lam = adjoint(grad_h, a)
-        grad_log_a = lam * a * previous_states(h, h0)
-        grad_log_b = torch.exp(log_b).mul_(lam)  # exp(−inf) = 0 where b = 0
-        return grad_log_a, grad_log_b, lam[0] * a[0]
 
 
 def log_space_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:

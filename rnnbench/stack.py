@@ -148,9 +148,11 @@ class CellStack(nn.Module):
         the forward half at the last real step, the backward half at position 0 (after
         reading back to the start). For a bidirectional stack, the last step alone would
         give a backward half that has seen only the last input."""
-        batch = torch.arange(y.shape[0], device=y.device)
-        last = (torch.as_tensor(lengths, device=y.device).long() - 1).clamp(min=0) if lengths is not None else -1
-        forward_half = y[batch, last, : self.hidden_size] if lengths is not None else y[:, -1, : self.hidden_size]
+        if lengths is None:
+            forward_half = y[:, -1, : self.hidden_size]
+        else:
+            last = (torch.as_tensor(lengths, device=y.device).long() - 1).clamp(min=0)
+            forward_half = y[torch.arange(y.shape[0], device=y.device), last, : self.hidden_size]
         if not self.bidirectional:
             return forward_half
         return torch.cat([forward_half, y[:, 0, self.hidden_size:]], dim=-1)

@@ -26,6 +26,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .files import read_json, write_json_atomic
+from .record import ENDED
 
 log = logging.getLogger("rnnbench")
 
@@ -82,7 +83,7 @@ def progress_line(sweep_dir: Path, now: Optional[float] = None) -> str:
     """``progress: 12/126 jobs done (1 failed), 3m 10s elapsed, about 30m left [stage]``."""
     state = _state(sweep_dir) or {}
     ended = [json.loads(line) for line in (sweep_dir / PROGRESS_LOG).read_text().splitlines() if line.strip()]
-    done, failed = len(ended), sum(e["status"] not in ("finished", "diverged") for e in ended)
+    done, failed = len(ended), sum(e["status"] not in ENDED for e in ended)
     elapsed = (now or time.time()) - state.get("started", time.time())
     total = state.get("total")
     text = f"progress: {done}/{total} jobs done" if total else f"progress: {done} jobs done"
@@ -142,7 +143,7 @@ class SweepEnd(Callback):
         print(summary_table(records))
         if self.report:
             self._write_report(sweep_dir)
-        failed = [r.run_dir for r in records if r.status not in ("finished", "diverged")]
+        failed = [r.run_dir for r in records if r.status not in ENDED]
         if failed:
             print(f"rnnbench: error: {len(failed)} run(s) of the sweep failed; see their summary.json: "
                   + ", ".join(failed), file=sys.stderr)

@@ -72,10 +72,6 @@ class RunTracker(pl.Callback):
             # be the best, wherever the last step falls in the validation interval.
             trainer.should_stop = True
 
-    @property
-    def tokens_per_s(self) -> Optional[float]:
-        return self.train_tokens / self.train_time_s if self.train_time_s > 0 else None
-
     def on_validation_end(self, trainer, pl_module):
         # on_validation_end, not on_validation_epoch_end: the module logs the task's
         # corpus-level metrics (perplexity, BLEU) in its own epoch-end hook, after ours.

@@ -8,6 +8,7 @@ the values came from.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,18 @@ from .errors import ConfigError
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """A tuned.yaml (``protocol`` and ``settings``); ``ConfigError`` naming the file if it is not one."""
+    """A tuned.yaml (``protocol`` and ``settings``); ``ConfigError`` naming the file if it is not one.
+    Parsed once per file version (a sweep's worker applies the same file to every job)."""
     path = Path(path)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None  # _parse reports the missing file
+    return copy.deepcopy(_parse(path, stamp))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(path: Path, stamp: int | None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from rnnbench import translation_files, translation_metrics
 from rnnbench.decoding import SearchSettings
 from rnnbench.errors import check, is_int
+from rnnbench.fixed_data import process_rank
 from rnnbench.parallel_data import BOS, EOS, ParallelCorpus
 from rnnbench.registry import register_task
 from rnnbench.seq2seq import Seq2Seq
@@ -197,10 +198,11 @@ class TranslationTask(Task):
     def eval_epoch_end(self, stage: str, means: dict[str, float]) -> dict[str, float]:
         self._stage = None
         hypotheses = self._hypotheses
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world_size = process_rank()[1]
+        if world_size > 1:
             # Each rank decoded its share of the batches: merge them (by sentence index,
             # so a sampler's padding duplicates count once).
-            gathered: list = [None] * dist.get_world_size()
+            gathered: list = [None] * world_size
             dist.all_gather_object(gathered, hypotheses)
             hypotheses = {k: v for part in gathered for k, v in part.items()}
         if not hypotheses:

@@ -1,5 +1,5 @@
 """Run records as one pandas DataFrame: one row per record, read only through the typed
-:class:`~rnnbench.record.RunRecord` (:func:`rnnbench.store.load_records`).
+:class:`~rnnbench.record.RunRecord` (:func:`rnnbench.store.read_records`).
 
 Every column is computed from the record itself, for every record, so no column is
 ever missing or filled in afterwards:
@@ -34,15 +34,14 @@ import pandas as pd
 
 from .. import config as config_schema
 from ..errors import ConfigError, is_number
-from ..record import HASH_EXCLUDED_KEYS, RunRecord
-from ..store import load_records
+from ..record import ENDED, HASH_EXCLUDED_KEYS, RunRecord
+from ..store import read_records, record_paths
 
 LENGTH = "seq_len"  # the task parameter that is the sequence length T
 SEED_KEYS = ("seed", "data_seed", "init_seed")
 # Keys that never split a comparison: the seeds (what a row averages over), what the config
 # hash ignores (where and how verbosely a run reports), plugin file paths, the protocol stage.
 IGNORED_KEYS = (*SEED_KEYS, *HASH_EXCLUDED_KEYS, "plugins", "stage", f"task.{LENGTH}")
-ENDED = ("finished", "diverged")  # statuses that say something about the cell
 # The record's fields that hold dicts or lists (flattened below, or read where they are needed).
 NESTED_FIELDS = {f.name for f in dataclasses.fields(RunRecord) if "dict" in str(f.type) or "list" in str(f.type)}
 MAX_DIFFERS = 4  # differing keys named in a label before "and N more"
@@ -111,8 +110,11 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
 
 
 def load_frame(root: str | os.PathLike) -> pd.DataFrame:
-    """One row per run record under ``root`` (reused runs of sweep jobs included)."""
-    return records_frame(load_records(root))
+    """One row per run record under ``root`` (reused runs of sweep jobs included), its
+    ``run_dir`` the folder the record is in now (results may have been moved or copied since
+    the run wrote them; metrics.csv and diagnostics are read from there)."""
+    return records_frame(dataclasses.replace(record, run_dir=str(path.parent))
+                         for path, record in read_records(record_paths(root)))
 
 
 # --- selecting -----------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def label_runs(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
 def summary_table(records) -> str:
     """A plain-text table: one line per run, sorted by task, T, cell and seed (``rnnbench
     table`` and the end of a sweep)."""
-    frame = records if isinstance(records, pd.DataFrame) else records_frame(records)
+    frame = records_frame(records)
     columns = ["task", "T", "cell_preset", "cell", "hidden_size", "bidirectional", "num_layers", "seed", "status",
                "metric", "test", "baseline", "solved", "steps", "steps_to_solve", "params", "state_size",
                "tokens_per_s", "wall_time_s"]

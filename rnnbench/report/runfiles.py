@@ -7,13 +7,14 @@ warning naming it; the record's own numbers never come from here.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
+
+from ..files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def diagnostics(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         path = Path(str(run_dir)) / name
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
         except (OSError, ValueError) as exc:
             log.warning("skipping unreadable diagnostics %s: %s", path, exc)
             continue
