@@ -35,9 +35,12 @@ a product of inputs, e.g. the adding problem's value times marker.
 
 Training path (``fused_forward``): the input projection of every step in one GEMM (its
 rows ordered ``re, im`` per state unit, so the result is a complex tensor without a
-copy), the recurrence by the parallel (associative) scan of the paper
-(:class:`rnnbench.scans.AssociativeScan`, in blocks of 16 steps), the output
-projection in one GEMM. The step (``recurrence``) writes the complex products out in
+copy), then per block of 16 steps the recurrence, the output projection and the GLU. The
+recurrence runs as ``scan`` (:data:`rnnbench.scans.SCANS`) chooses: the parallel
+(associative) scan of the paper (:class:`rnnbench.scans.AssociativeScan`; ``parallel``,
+and ``auto`` off the CPU) or the fused loop over complex tensors
+(:class:`rnnbench.scans.LinearRecurrence`; ``loop``, and ``auto`` on the CPU; why:
+:mod:`rnnbench.scans`). The step (``recurrence``) writes the complex products out in
 real arithmetic: the specification the scan is tested against.
 """
 
@@ -53,7 +56,7 @@ from torch import Tensor, nn
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_int, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import AssociativeScan, scan_blocks
+from rnnbench.scans import SCANS, linear_scan, scan_blocks, use_parallel_scan
 
 LRUState = tuple[Tensor, Tensor]  # (x.real, x.imag), each (B, N)
 
@@ -63,10 +66,10 @@ class LRU(Cell):
     """LRU layer (Orvieto et al. 2023): complex diagonal linear recurrence, exponential
     parametrisation, ring initialisation, γ normalisation, ``y = Re(C x) + D u``."""
 
-    option_examples = [{"state_dim": 3}, {"glu": True}]  # (and D a vector: input_size == hidden_size, a size the contract runs)
+    option_examples = [{"state_dim": 3}, {"glu": True}, {"scan": "parallel"}, {"scan": "loop"}]  # (and D a vector: input_size == hidden_size, a size the contract runs)
 
     def __init__(self, input_size: int, hidden_size: int, state_dim: Optional[int] = None, r_min: float = 0.0,
-                 r_max: float = 1.0, max_phase: float = 6.28, glu: bool = False):
+                 r_max: float = 1.0, max_phase: float = 6.28, glu: bool = False, scan: str = "auto"):
         super().__init__(input_size, hidden_size)
         check(state_dim is None or (is_int(state_dim) and state_dim >= 1), "cell.state_dim", state_dim,
               "null (the hidden size) or an integer >= 1, the number N of complex state units")
@@ -74,6 +77,8 @@ class LRU(Cell):
               (r_min, r_max), "0 <= cell.r_min < cell.r_max <= 1 (the ring |λ| is drawn from)")
         check(is_number(max_phase) and max_phase > 0, "cell.max_phase", max_phase, "a number > 0 (radians)")
         check(isinstance(glu, bool), "cell.glu", glu, "true or false")
+        check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
+        self.scan = scan
         self.state_dim = hidden_size if state_dim is None else state_dim
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         N, H, I = self.state_dim, hidden_size, input_size
@@ -100,7 +105,7 @@ class LRU(Cell):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, state_dim={self.state_dim}, r_min={self.r_min}, "
-                f"r_max={self.r_max}, max_phase={self.max_phase}, glu={self.glu is not None}")
+                f"r_max={self.r_max}, max_phase={self.max_phase}, glu={self.glu is not None}, scan={self.scan}")
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> LRUState:
         """``(x.real, x.imag)``, zeros ``(B, N)`` each."""
@@ -158,7 +163,9 @@ class LRU(Cell):
 
     # --- whole sequences ------------------------------------------------------------
     def fused_forward(self, u: Tensor, state: LRUState, mask: Optional[Tensor]) -> tuple[Tensor, LRUState]:
-        """One GEMM in, the associative scan in blocks of 16 steps, one GEMM out (time-first)."""
+        """One GEMM in, then per block of 16 steps the scan (``scan``: associative or the
+        fused loop), the output projection and the GLU (time-first; a block's tensors stay
+        in cache: :func:`rnnbench.scans.scan_blocks`)."""
         u = u.transpose(0, 1)  # (T, B, I)
         T, batch_size, _ = u.shape
         N = self.state_dim
@@ -166,22 +173,25 @@ class LRU(Cell):
         w_in = (torch.stack([self.B_re, self.B_im], dim=1) * gamma).reshape(2 * N, self.input_size)  # re, im per unit
         bu = torch.view_as_complex(F.linear(u, w_in).view(T, batch_size, N, 2))  # (T, B, N) complex
         lam = torch.complex(*self.eigenvalues())
+        w_out = torch.stack([self.C_re, -self.C_im], dim=2).reshape(self.hidden_size, 2 * N)  # Re(C x) from re, im
+        parallel = use_parallel_scan(self.scan, bu.device)
+
+        def run_block(bu_b: Tensor, u_b: Tensor, real: Optional[Tensor], x0: Tensor) -> tuple[Tensor, Tensor]:
+            x = self._scan_block(lam, bu_b, real, x0, parallel)
+            y = self._block(F.linear(torch.view_as_real(x).reshape(len(x), batch_size, 2 * N), w_out) + self._skip(u_b))
+            return (y if real is None else torch.where(real, y, 0.0)), x[-1]
+
         real = None if mask is None else mask.t().unsqueeze(-1)
-        x, last = scan_blocks(lambda b, r, x0: self._scan_block(lam, b, r, x0), [bu, real], torch.complex(*state))
-        w_out = torch.stack([self.C_re, -self.C_im], dim=2).reshape(self.hidden_size, 2 * N)
-        y = self._block(F.linear(torch.view_as_real(x).reshape(T, batch_size, 2 * N), w_out) + self._skip(u))
-        if real is not None:
-            y = torch.where(real, y, 0.0)
+        y, last = scan_blocks(run_block, [bu, u, real], torch.complex(*state))
         return y.transpose(0, 1), (last.real.contiguous(), last.imag.contiguous())
 
     @staticmethod
-    def _scan_block(lam: Tensor, bu: Tensor, real: Optional[Tensor], x0: Tensor) -> tuple[Tensor, Tensor]:
+    def _scan_block(lam: Tensor, bu: Tensor, real: Optional[Tensor], x0: Tensor, parallel: bool) -> Tensor:
         """``x_t = λ x_{t-1} + bu_t`` over one block; padded steps: ``λ → 1``, ``bu → 0``."""
         a = lam.expand_as(bu) if real is None else torch.where(real, lam, torch.ones_like(lam))
         if real is not None:
             bu = torch.where(real, bu, torch.zeros_like(bu))
-        x = AssociativeScan.apply(a, bu, x0)
-        return x, x[-1]
+        return linear_scan(a, bu, x0, parallel)
 
     @classmethod
     def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:

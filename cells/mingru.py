@@ -29,13 +29,18 @@ Parameters: ``linear.weight = [W_z; W_h]`` ``(2D, I)`` (minGRU) or ``[W_f; W_i; 
 ``(H, D)`` with ``α != 1``; ``torch.nn.Linear``'s initialisation (the paper's listings
 use ``nn.Linear``).
 
-Training path (``fused_forward``): one GEMM for every input projection, then the
+Training path (``fused_forward``): one GEMM for every input projection, then, with
+``scan`` (:data:`rnnbench.scans.SCANS`) ``parallel``, or ``auto`` off the CPU, the
 paper's log-space scan (its ``parallel_scan_log``: ``log h_t = a*_t +
 logcumsumexp(log b − a*)_t``, ``a* = cumsum(log a)``) over ``log a_t = log(1 − z_t)``
 (or ``log f'_t``) and ``log b_t = log z_t + log g(·)`` (or ``log i'_t + log g(·)``),
 computed from the pre-activations with softplus as the paper does
 (:func:`log_coefficients`), in blocks of 16 steps (:class:`LogSpaceMinRNN`, with a
-hand-written backward; range and float32 error: :func:`rnnbench.scans.log_space_scan`).
+hand-written backward; range and float32 error: :func:`rnnbench.scans.log_space_scan`);
+with ``scan`` ``loop``, or ``auto`` on the CPU, the gates through autograd and the
+recurrence by the fused loop (:class:`rnnbench.scans.LinearRecurrence`; why the CPU
+default differs: :mod:`rnnbench.scans`). The plain version scans linearly: the
+associative scan (``parallel``) or the fused loop.
 One difference from the
 paper's listing, which feeds the initial state through ``log g`` (so a zero state
 starts the scan at ``g(0) = 1/2``, unlike the sequential form): here the state is
@@ -56,17 +61,27 @@ from torch.autograd.function import once_differentiable
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import LinearRecurrence, adjoint, log_space_scan, previous_states, scan_blocks
+from rnnbench.scans import SCANS, adjoint, linear_scan, log_space_scan, previous_states, scan_blocks, use_parallel_scan
 
 
 def g(v: Tensor) -> Tensor:
-    """The paper's candidate activation: ``v + 1/2`` for ``v >= 0``, ``σ(v)`` below (positive, continuous)."""
-    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+    """The paper's candidate activation: ``v + 1/2`` for ``v >= 0``, ``σ(v)`` below (positive,
+    continuous), written ``relu(v) + σ(min(v, 0))``: the same values, and about twice as fast
+    forward and backward on CPU as ``torch.where`` (which is not vectorised there)."""
+    return torch.relu(v) + torch.sigmoid(v.clamp(max=0.0))
 
 
 def log_g(v: Tensor) -> Tensor:
-    """``log g(v)``, stable: ``log(v + 1/2)`` for ``v >= 0``, ``−softplus(−v)`` below."""
-    return torch.where(v >= 0, torch.log(torch.relu(v) + 0.5), -F.softplus(-v))
+    """``log g(v)``, stable: ``log(v + 1/2)`` for ``v >= 0``, ``log σ(v) = −softplus(−v)`` below;
+    written ``log(relu(v) + 1/2) − softplus(−min(v, 0)) + log 2`` (each term is 0 on the
+    other side: ``log(1/2) + log 2``, ``−softplus(0) + log 2``), without ``torch.where``."""
+    return torch.log(torch.relu(v).add_(0.5)).sub_(F.softplus(v.clamp(max=0.0).neg_())).add_(math.log(2.0))
+
+
+def log_g_derivative(v: Tensor) -> Tensor:
+    """``(log g)'(v)``: ``1/(v + 1/2)`` for ``v >= 0``, ``σ(−v)`` below."""
+    above = (v >= 0).to(v.dtype)
+    return torch.lerp(torch.sigmoid(-v), torch.relu(v).add_(0.5).reciprocal_(), above)
 
 
 def log_coefficients(p: Tensor, num_gates: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,7 +139,7 @@ class LogSpaceMinRNN(torch.autograd.Function):
         grad_d = torch.expm1(log_a).mul_(grad_log_a).addcmul_(grad_log_b, a)
         D = p.shape[-1] // ctx.num_gates
         v = p[..., -D:]
-        grad_v = torch.where(v >= 0, torch.relu(v).add_(0.5).reciprocal_(), torch.sigmoid(-v)).mul_(grad_log_b)
+        grad_v = log_g_derivative(v).mul_(grad_log_b)
         if ctx.num_gates == 2:
             grad_p = torch.cat([grad_d, grad_v], dim=-1)
         else:
@@ -135,28 +150,31 @@ class LogSpaceMinRNN(torch.autograd.Function):
 
 class _MinRNN(Cell):
     """What minGRU and minLSTM share: the projection, the state, the output and the scans.
-    A subclass gives ``num_gates``, :meth:`gates` and :meth:`update` (its equations)."""
+    A subclass gives ``num_gates``, :attr:`input_gate` and :meth:`gates` (its equations)."""
 
     num_gates: ClassVar[int]
     ELEMENTWISE_FLOPS: ClassVar[int]  # per state unit and step, after the matmul
     retention_gate = "keep"  # the coefficient of h_{t-1}: 1 − z (minGRU), f' (minLSTM)
-    option_examples = [{"log_space": False}, {"expansion": 2.0}, {"bias": False}]
+    input_gate: ClassVar[str]  # the coefficient of h̃: z (minGRU), i' (minLSTM)
+    option_examples = [{"log_space": False}, {"expansion": 2.0}, {"bias": False}, {"scan": "parallel"},
+                       {"scan": "loop"}, {"log_space": False, "scan": "parallel"}]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, expansion: float = 1.0,
-                 log_space: bool = True):
+                 log_space: bool = True, scan: str = "auto"):
         super().__init__(input_size, hidden_size)
         check(isinstance(bias, bool), "cell.bias", bias, "true or false")
         check(is_number(expansion) and expansion > 0 and round(expansion * hidden_size) >= 1, "cell.expansion",
               expansion, "a number > 0 (the state has round(expansion * hidden_size) >= 1 units; 1.0: no projection)")
         check(isinstance(log_space, bool), "cell.log_space", log_space, "true or false")
-        self.bias, self.expansion, self.log_space = bias, float(expansion), log_space
+        check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
+        self.bias, self.expansion, self.log_space, self.scan = bias, float(expansion), log_space, scan
         self.inner_size = round(self.expansion * hidden_size)
         self.linear = nn.Linear(input_size, self.num_gates * self.inner_size, bias=bias)
         self.out = nn.Linear(self.inner_size, hidden_size, bias=False) if self.expansion != 1.0 else None
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, expansion={self.expansion}, "
-                f"log_space={self.log_space}")
+                f"log_space={self.log_space}, scan={self.scan}")
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
         """Zeros ``(B, D)``, ``D = round(expansion · H)``."""
@@ -196,6 +214,14 @@ class _MinRNN(Cell):
         h_new = self.update(gates, h)
         return self.output(h_new), h_new, gates
 
+    def update(self, gates: dict[str, Tensor], h: Tensor) -> Tensor:
+        """``h_t = keep ⊙ h_{t-1} + input ⊙ h̃_t``: both cells' update, with their gates."""
+        return gates["keep"] * h + self.input_term(gates)
+
+    def input_term(self, gates: dict[str, Tensor]) -> Tensor:
+        """``b_t`` of ``h_t = a_t h_{t-1} + b_t``: ``z ⊙ h̃`` (minGRU) or ``i' ⊙ h̃`` (minLSTM)."""
+        return gates[self.input_gate] * gates["h_tilde"]
+
     def output(self, h: Tensor) -> Tensor:
         return h if self.out is None else self.out(h)
 
@@ -203,27 +229,29 @@ class _MinRNN(Cell):
     def fused_forward(self, x: Tensor, state: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One GEMM for every input projection, then the scan in blocks of 16 steps
         (:func:`rnnbench.scans.scan_blocks`): the log-space scan
-        (:func:`rnnbench.scans.log_space_scan`, in :class:`LogSpaceMinRNN`) of :func:`log_coefficients`, or for the
-        plain version the linear one (:class:`rnnbench.scans.LinearRecurrence`, gates
-        through autograd). Padded
-        steps get ``a = 1, b = 0``; time-first inside."""
+        (:func:`rnnbench.scans.log_space_scan`, in :class:`LogSpaceMinRNN`) of
+        :func:`log_coefficients`, or the gates through autograd and a linear scan
+        (:func:`rnnbench.scans.linear_scan`: associative or the fused loop), as ``scan``
+        and ``log_space`` choose (module docstring). Padded steps get ``a = 1, b = 0``;
+        time-first inside."""
         p = self.input_projection(x.transpose(0, 1))  # (T, B, G·D), contiguous
         mask_t = None if mask is None else mask.t().unsqueeze(-1)
-        h, last = scan_blocks(self._scan_block, [p, mask_t], state)
+        parallel = use_parallel_scan(self.scan, p.device)
+        h, last = scan_blocks(lambda p_b, real, h0: self._scan_block(p_b, real, h0, parallel), [p, mask_t], state)
         y = self.output(h)
         if mask_t is not None:
             y = torch.where(mask_t, y, 0.0)
         return y.transpose(0, 1), last  # padded steps keep the state: the last is each sequence's own
 
-    def _scan_block(self, p: Tensor, real: Optional[Tensor], h0: Tensor) -> tuple[Tensor, Tensor]:
-        if self.log_space:
+    def _scan_block(self, p: Tensor, real: Optional[Tensor], h0: Tensor, parallel: bool) -> tuple[Tensor, Tensor]:
+        if self.log_space and parallel:
             h = LogSpaceMinRNN.apply(p, real, h0, self.num_gates)
         else:
             gates = self.gates(p)
-            a, b = gates["keep"], self.update(gates, torch.zeros_like(h0))
+            a, b = gates["keep"], self.input_term(gates)
             if real is not None:
                 a, b = a.masked_fill(~real, 1.0), b.masked_fill(~real, 0.0)
-            h = LinearRecurrence.apply(a, b, h0)
+            h = linear_scan(a, b, h0, parallel)
         return h, h[-1]
 
 
@@ -233,6 +261,7 @@ class MinGRU(_MinRNN):
     ``z_t = σ(W_z x_t + b_z)``. Gates ``z``, ``keep = 1 − z`` (the retention gate) and ``h_tilde``."""
 
     num_gates = 2
+    input_gate = "z"
     gate_names = ("z", "keep", "h_tilde")
     ELEMENTWISE_FLOPS = 6  # σ, g, 1 − z, two products, one sum
 
@@ -240,9 +269,6 @@ class MinGRU(_MinRNN):
         k, v = p.chunk(2, dim=-1)
         z = torch.sigmoid(k)
         return {"z": z, "keep": 1 - z, "h_tilde": self.candidate(v)}
-
-    def update(self, gates: dict[str, Tensor], h: Tensor) -> Tensor:
-        return gates["keep"] * h + gates["z"] * gates["h_tilde"]
 
     @classmethod
     def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:
@@ -258,6 +284,7 @@ class MinLSTM(_MinRNN):
     (the retention gate), ``input = i'`` and ``h_tilde``."""
 
     num_gates = 3
+    input_gate = "input"
     gate_names = ("f", "i", "keep", "input", "h_tilde")
     ELEMENTWISE_FLOPS = 10  # two σ, f + i, two divisions, g, two products, one sum
 
@@ -265,9 +292,6 @@ class MinLSTM(_MinRNN):
         k_f, k_i, v = p.chunk(3, dim=-1)
         f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
         return {"f": f, "i": i, "keep": f / (f + i), "input": i / (f + i), "h_tilde": self.candidate(v)}
-
-    def update(self, gates: dict[str, Tensor], h: Tensor) -> Tensor:
-        return gates["keep"] * h + gates["input"] * gates["h_tilde"]
 
     @classmethod
     def reference_modules(cls, input_size, hidden_size, num_layers, bidirectional, options) -> list[Reference]:

@@ -33,9 +33,11 @@ Parameters: ``linear.weight`` ``(G·H, k·I)`` with the gates in the order ``z, 
 ``x_t, x_{t-1}, ...`` (the package's ``cat([X, Xm1])``); ``linear.bias`` ``(G·H,)``;
 ``torch.nn.Linear``'s initialisation, as the package.
 
-Fast path: one GEMM for all steps and taps, then the pooling by
-:class:`rnnbench.scans.LinearRecurrence` (a fused loop, hand-written backward) in
-blocks of 16 steps (:func:`rnnbench.scans.scan_blocks`), gates through autograd.
+Fast path: one GEMM for all steps and taps, then the pooling in blocks of 16 steps
+(:func:`rnnbench.scans.scan_blocks`), gates through autograd, by
+:func:`rnnbench.scans.linear_scan` as ``scan`` (:data:`rnnbench.scans.SCANS`) chooses: the
+associative scan (``parallel``, and ``auto`` off the CPU) or the fused loop with a
+hand-written backward (``loop``, and ``auto`` on the CPU; why: :mod:`rnnbench.scans`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from torch import Tensor, nn
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_int, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import LinearRecurrence, scan_blocks
+from rnnbench.scans import SCANS, linear_scan, scan_blocks, use_parallel_scan
 
 POOLINGS = {"f": ("z", "f"), "fo": ("z", "f", "o"), "ifo": ("z", "f", "o", "i")}
 QRNNState = Union[Tensor, tuple[Tensor, Tensor]]  # c, or (c, x_prev) for window > 1
@@ -64,24 +66,25 @@ class QRNN(Cell):
     gate_names = ("z", "f", "o", "i", "c")  # per instance: the pooling's own (see __init__)
     retention_gate = "f"
     option_examples = [{"window": 1}, {"window": 3, "pooling": "ifo"}, {"pooling": "f"}, {"zoneout": 0.25},
-                       {"bias": False}]
+                       {"bias": False}, {"scan": "parallel"}, {"scan": "loop"}]
 
     def __init__(self, input_size: int, hidden_size: int, window: int = 2, pooling: str = "fo",
-                 zoneout: float = 0.0, bias: bool = True):
+                 zoneout: float = 0.0, bias: bool = True, scan: str = "auto"):
         super().__init__(input_size, hidden_size)
         check(is_int(window) and window >= 1, "cell.window", window, "an integer >= 1 (1: no look-back; the paper: 2)")
         check(isinstance(pooling, str) and pooling in POOLINGS, "cell.pooling", pooling,
               f"one of {', '.join(POOLINGS)}")
         check(is_number(zoneout) and 0.0 <= zoneout < 1.0, "cell.zoneout", zoneout, "a number in [0, 1)")
         check(isinstance(bias, bool), "cell.bias", bias, "true or false")
-        self.window, self.pooling, self.zoneout, self.bias = window, pooling, float(zoneout), bias
+        check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
+        self.window, self.pooling, self.zoneout, self.bias, self.scan = window, pooling, float(zoneout), bias, scan
         self.gate_names = (*POOLINGS[pooling], "c")
         self.num_gates = len(POOLINGS[pooling])
         self.linear = nn.Linear(window * input_size, self.num_gates * hidden_size, bias=bias)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, window={self.window}, pooling={self.pooling!r}, "
-                f"zoneout={self.zoneout}, bias={self.bias}")
+                f"zoneout={self.zoneout}, bias={self.bias}, scan={self.scan}")
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> QRNNState:
         """``c`` zeros ``(B, H)``, and for ``window > 1`` the previous inputs, zeros ``(B, (k−1) I)``."""
@@ -167,20 +170,21 @@ class QRNN(Cell):
         source = torch.cat([seq[self.window - 1 - j : self.window - 1 - j + T] for j in range(self.window)], dim=-1)
         pre = self._zoneout(self.linear(source))  # (T, B, G·H)
         real = None if mask is None else mask.t().unsqueeze(-1)
-        h, c = scan_blocks(self._pool_block, [pre, real], c0)
+        parallel = use_parallel_scan(self.scan, pre.device)
+        h, c = scan_blocks(lambda pre_b, real_b, c_b: self._pool_block(pre_b, real_b, c_b, parallel), [pre, real], c0)
         if real is not None:
             h = torch.where(real, h, 0.0)
         if x_prev is None:
             return h.transpose(0, 1), c
         return h.transpose(0, 1), (c, self._last_inputs(seq, mask))
 
-    def _pool_block(self, pre: Tensor, real: Optional[Tensor], c0: Tensor) -> tuple[Tensor, Tensor]:
+    def _pool_block(self, pre: Tensor, real: Optional[Tensor], c0: Tensor, parallel: bool) -> tuple[Tensor, Tensor]:
         gates = self._gates(pre)
         a = gates["f"]
         b = gates["i"] * gates["z"] if self.pooling == "ifo" else (1 - a) * gates["z"]
         if real is not None:
             a, b = a.masked_fill(~real, 1.0), b.masked_fill(~real, 0.0)
-        c = LinearRecurrence.apply(a, b, c0)
+        c = linear_scan(a, b, c0, parallel)
         return (c if self.pooling == "f" else gates["o"] * c), c[-1]
 
     def _past_inputs(self, x_prev: Tensor) -> Tensor:

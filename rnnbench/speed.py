@@ -2,7 +2,7 @@
 implementation available, in the same process.
 
     rnnbench-speed --threads 2 --seq-len 200 --batch 64 --input-size 64 --hidden 256 \\
-                   --paths fast,step --out /tmp/speed
+                   --paths fast,step,parallel,loop --out /tmp/speed
 
 Method
 ------
@@ -14,7 +14,10 @@ Method
   ``(B, T, input_size)``. Path ``fast`` is the stack's ``forward`` (each cell's
   ``fused_forward`` where it has one); path ``step`` is the same stack with
   ``use_fused = False`` on every cell (``Cell.loop_forward``: one projection GEMM,
-  then the recurrence step by step). The preset's inter-layer dropout is kept (it is
+  then the recurrence step by step). Paths ``parallel`` and ``loop`` are ``fast`` with
+  the scan cells' ``scan`` option forced (:data:`rnnbench.scans.SCANS`: the parallel scan,
+  or the fused loop; ``fast`` runs the preset's, ``auto``); a preset whose cells have no
+  such option gets no row for them. The preset's inter-layer dropout is kept (it is
   part of what a training step costs), while references run with ``dropout=0``.
 - **References**: what the cell class declares (``Cell.reference_modules``: the best existing
   implementation of the same or the closest layer), with the same input and hidden sizes,
@@ -39,8 +42,8 @@ Method
 - **Ratio** = the median over rounds of ``time(candidate) / time(reference)``
   within the same round (paired), for ``fwd`` and for ``fwd+bwd``; below 1 the
   candidate is faster. The table shows the ``fwd+bwd`` ratio. ``ratio_to_loop_*``:
-  the same paired ratio of the ``fast`` path to the ``step`` path of the same stack
-  (with ``--paths fast,step``): below 1 the fast path is faster than its own loop.
+  the same paired ratio of each other path to the ``step`` path of the same stack
+  (with ``step`` among ``--paths``): below 1 that path is faster than its own step loop.
 - **Scaling in T**: ``per_step_scaling`` = time per step (``fwd+bwd`` median / T)
   over the same at the shortest T measured for that preset, path and size: 1 means
   linear cost in T, below 1 cheaper per step at longer T.
@@ -85,13 +88,13 @@ from .registry import CELLS
 from .timing import Measured, OtherCpu, measure_interleaved, paired_ratio
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PATHS = ("fast", "step")
+PATHS = ("fast", "step", "parallel", "loop")
 
 # One row per measurement, in this order, in the CSV and the JSON.
 COLUMNS = [
     "preset",           # config preset (conf/cell/<preset>.yaml)
     "cell",             # registry name of the cell class
-    "path",             # fast (the cell's forward) or step (use_fused=False: its loop)
+    "path",             # fast (the cell's forward), step (use_fused=False: its loop), parallel / loop (scan forced)
     "seq_len", "batch", "hidden", "input_size", "num_layers", "bidirectional",
     "ms_fwd", "ms_fwd_min",            # forward: median and min over repeats, milliseconds
     "ms_fwd_bwd", "ms_fwd_bwd_min",    # forward + backward: median and min
@@ -103,7 +106,7 @@ COLUMNS = [
     "reference",        # the module compared with (empty: none known)
     "ref_ms_fwd", "ref_ms_fwd_bwd",    # the reference's medians, same rounds
     "ratio_fwd", "ratio_fwd_bwd",      # median of per-round time(candidate) / time(reference)
-    "ratio_to_loop_fwd", "ratio_to_loop_fwd_bwd",  # path fast only: median of per-round time(fast) / time(step)
+    "ratio_to_loop_fwd", "ratio_to_loop_fwd_bwd",  # paths but step: median of per-round time(path) / time(step)
     "per_step_scaling",  # fwd+bwd time per step over the same at the shortest T of this preset, path and size
     "device", "device_name", "torch_version", "threads", "dtype", "repeats", "warmup",
     "other_cpu",        # share of all CPUs used by other processes while this point ran (Linux; 0 = quiet machine)
@@ -119,14 +122,18 @@ def resolve_preset(path: Path, seq_len: int) -> dict:
 
 
 def build_candidates(preset: dict, paths: list[str], input_size: int, hidden: int, x: torch.Tensor) -> list[Measured]:
-    """The preset's stack once per path: ``fast`` as built, ``step`` with ``use_fused = False``."""
+    """The preset's stack once per path: ``fast`` as built, ``step`` with ``use_fused = False``,
+    ``parallel`` / ``loop`` with ``scan`` set so on every cell that has the option (none: no candidate)."""
     stack = build_stack(preset, input_size, hidden_size=hidden).to(device=x.device, dtype=x.dtype).train()
     candidates = []
     for path in paths:
         module = stack if path == "fast" else copy.deepcopy(stack)
         for cell in module.cells:
-            cell.use_fused = path == "fast"
-        candidates.append(Measured(path, module, x))
+            cell.use_fused = path != "step"
+            if path in ("parallel", "loop") and hasattr(cell, "scan"):
+                cell.scan = path
+        if path in ("fast", "step") or any(hasattr(cell, "scan") for cell in module.cells):
+            candidates.append(Measured(path, module, x))
     return candidates
 
 
@@ -273,7 +280,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--paths", type=name_list, default=["fast"],
-                        help="fast (the cell's forward) and/or step (use_fused=False: its loop); e.g. fast,step")
+                        help="fast (the cell's forward), step (use_fused=False: its loop), parallel / loop (fast with "
+                             "the scan cells' scan option forced); e.g. fast,step")
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem: writes OUT.csv and OUT.json "
                              "(default results/speed/speed_<timestamp>)")
@@ -284,7 +292,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         parser.error("--threads must be >= 1")
     unknown_paths = [p for p in args.paths if p not in PATHS]
     if unknown_paths or not args.paths:
-        parser.error(f"--paths: expected fast and/or step, got {','.join(args.paths)}")
+        parser.error(f"--paths: expected some of {', '.join(PATHS)}, got {','.join(args.paths)}")
     return args
 
 

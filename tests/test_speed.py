@@ -101,6 +101,34 @@ def test_scaling_over_lengths_and_declared_references(tmp_path):
         assert row["per_step_scaling"] == pytest.approx(expected)
 
 
+def test_scan_paths_force_the_scan_option_and_are_compared_with_the_step_loop(tmp_path, monkeypatch):
+    """``--paths parallel,loop``: the fast path with every scan cell's ``scan`` forced (the
+    stacks built carry it), each paired with the step loop; presets without a scan cell
+    (GRU) get no such rows."""
+    built = []
+    original = rnnbench.speed.build_candidates
+
+    def recording(*args):
+        candidates = original(*args)
+        built.extend(candidates)
+        return candidates
+
+    out = tmp_path / "paths"
+    monkeypatch.setattr(rnnbench.speed, "build_candidates", recording)
+    main(["--cells", "qrnn,gru", "--paths", "fast,step,parallel,loop", "--threads", "1", "--out", str(out), *TINY])
+    for candidate in built:
+        scans = {cell.scan for cell in candidate.module.cells if hasattr(cell, "scan")}
+        if candidate.label in ("parallel", "loop"):
+            assert scans == {candidate.label}
+        else:
+            assert scans <= {"auto"}
+    rows = json.loads((tmp_path / "paths.json").read_text())
+    assert {(row["preset"], row["path"]) for row in rows} == {
+        ("qrnn", "fast"), ("qrnn", "step"), ("qrnn", "parallel"), ("qrnn", "loop"), ("gru", "fast"), ("gru", "step")}
+    for row in rows:
+        assert (row["ratio_to_loop_fwd_bwd"] is None) == (row["path"] == "step")
+
+
 def test_speed_code_names_no_cell():
     """References come from ``Cell.reference_modules``: no registered cell name in the speed code."""
     for module in (rnnbench.speed, rnnbench.timing):
