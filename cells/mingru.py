@@ -61,7 +61,7 @@ from torch.autograd.function import once_differentiable
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import SCANS, adjoint, linear_scan, log_space_scan, previous_states, scan_blocks, use_parallel_scan
+from rnnbench.scans import SCANS, adjoint, linear_scan, log_space_scan, scan_blocks, times_previous_states, use_parallel_scan
 
 
 def g(v: Tensor) -> Tensor:
@@ -132,7 +132,7 @@ class LogSpaceMinRNN(torch.autograd.Function):
         p, real, h0, h, log_a, log_b = ctx.saved_tensors
         a = torch.exp(log_a)
         lam = adjoint(grad_h, a)
-        grad_log_a = (lam * a).mul_(previous_states(h, h0))
+        grad_log_a = times_previous_states(lam * a, h, h0)
         grad_log_b = torch.exp(log_b).mul_(lam)  # exp(−inf) = 0 on padded steps
         if real is not None:
             grad_log_a.masked_fill_(~real, 0.0)

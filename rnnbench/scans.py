@@ -60,9 +60,13 @@ def use_parallel_scan(scan: str, device: torch.device) -> bool:
 BLOCK = 16
 
 
-def previous_states(h: Tensor, h0: Tensor) -> Tensor:
-    """``h_{t-1}`` for every step: ``h0`` then ``h[:-1]``, ``(T, B, ...)``."""
-    return torch.cat([h0.unsqueeze(0), h[:-1]])
+def times_previous_states(x: Tensor, h: Tensor, h0: Tensor) -> Tensor:
+    """``x_t ⊙ h_{t-1}`` for every step (``h_{-1} = h0``), ``(T, B, ...)`` like ``x``, a new
+    tensor, without building the shifted copy of ``h``."""
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    torch.mul(x[0], h0, out=out[0])
+    torch.mul(x[1:], h[:-1], out=out[1:])
+    return out
 
 
 def adjoint(grad_h: Tensor, a: Tensor) -> Tensor:
@@ -96,7 +100,7 @@ class LinearRecurrence(torch.autograd.Function):
         a, h0, h = ctx.saved_tensors
         a = a.conj()  # a view; for real tensors, a itself
         lam = adjoint(grad_h, a)
-        grad_a = lam * previous_states(h, h0).conj() if ctx.needs_input_grad[0] else None
+        grad_a = times_previous_states(lam, h.conj(), h0.conj()) if ctx.needs_input_grad[0] else None
         grad_h0 = lam[0] * a[0] if ctx.needs_input_grad[2] else None
         return grad_a, lam, grad_h0
 
@@ -128,7 +132,7 @@ class AssociativeScan(torch.autograd.Function):
         # λ_t = g_t + conj(a_{t+1}) λ_{t+1}: a scan over the reversed sequence.
         shifted = torch.cat([torch.zeros_like(a[:1]), a[1:].flip(0)])
         lam = associative_scan(shifted, grad_h.flip(0)).flip(0)
-        grad_a = lam * previous_states(h, h0).conj() if ctx.needs_input_grad[0] else None
+        grad_a = times_previous_states(lam, h.conj(), h0.conj()) if ctx.needs_input_grad[0] else None
         grad_h0 = lam[0] * a[0] if ctx.needs_input_grad[2] else None
         return grad_a, lam, grad_h0
 
