@@ -17,7 +17,11 @@ Method
   then the recurrence step by step). Paths ``parallel`` and ``loop`` are ``fast`` with
   the scan cells' ``scan`` option forced (:data:`rnnbench.scans.SCANS`: the parallel scan,
   or the fused loop; ``fast`` runs the preset's, ``auto``); a preset whose cells have no
-  such option gets no row for them. The preset's inter-layer dropout is kept (it is
+  such option gets no row for them. Path ``projection`` is the floor under every path:
+  only each cell's input projection of all T steps in one matrix product
+  (``Cell.input_projection``, forward and backward, on a random input of the cell's
+  width), the work that no way of running the recurrence avoids; its ratio to the
+  step loop bounds the speed-up any recurrence could reach. The preset's inter-layer dropout is kept (it is
   part of what a training step costs), while references run with ``dropout=0``.
 - **References**: what the cell class declares (``Cell.reference_modules``: the best existing
   implementation of the same or the closest layer), with the same input and hidden sizes,
@@ -52,7 +56,7 @@ Method
   cells' own formula, summed over layers and directions; a multiply-add counts 2)
   ``× B × T`` for ``fwd``, and **3×** that for ``fwd+bwd`` (the usual convention:
   backward costs about twice the forward, gradients w.r.t. inputs and weights).
-  Empty when a cell does not give its FLOPs.
+  Empty when a cell does not give its FLOPs, and for path ``projection``.
 - **Memory.** CUDA: ``peak_mem_mb`` = ``torch.cuda.max_memory_allocated`` during a
   ``fwd+bwd`` call, minus what was allocated before it (activations, gradients and
   workspace). CPU: ``peak_mem_mb`` is empty: ``tracemalloc`` does not see torch's
@@ -82,19 +86,20 @@ from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from .experiment import build_stack, cell_options
 from .registry import CELLS
 from .timing import Measured, OtherCpu, measure_interleaved, paired_ratio
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PATHS = ("fast", "step", "parallel", "loop")
+PATHS = ("fast", "step", "parallel", "loop", "projection")
 
 # One row per measurement, in this order, in the CSV and the JSON.
 COLUMNS = [
     "preset",           # config preset (conf/cell/<preset>.yaml)
     "cell",             # registry name of the cell class
-    "path",             # fast (the cell's forward), step (use_fused=False: its loop), parallel / loop (scan forced)
+    "path",             # fast (the cell's forward), step (use_fused=False: its loop), parallel / loop (scan forced), projection (the input GEMMs alone)
     "seq_len", "batch", "hidden", "input_size", "num_layers", "bidirectional",
     "ms_fwd", "ms_fwd_min",            # forward: median and min over repeats, milliseconds
     "ms_fwd_bwd", "ms_fwd_bwd_min",    # forward + backward: median and min
@@ -121,12 +126,33 @@ def resolve_preset(path: Path, seq_len: int) -> dict:
     return OmegaConf.to_container(config.cell, resolve=True)
 
 
+class InputProjections(nn.Module):
+    """Path ``projection``: every cell's ``input_projection`` of a random time-first input of
+    its width, ``(T, B, input_size)``, summed to one number (module docstring)."""
+
+    def __init__(self, stack: nn.Module, x: torch.Tensor):
+        super().__init__()
+        self.projecting = nn.ModuleList(stack.cells)
+        self.inputs = [torch.randn(x.shape[1], x.shape[0], cell.input_size, device=x.device, dtype=x.dtype)
+                       for cell in stack.cells]
+
+    def forward(self, _: torch.Tensor) -> tuple[torch.Tensor]:
+        return (sum(cell.input_projection(u).sum() for cell, u in zip(self.projecting, self.inputs)),)
+
+    def flops_per_step(self) -> None:
+        return None  # not a cell's step: no GFLOP/s column
+
+
 def build_candidates(preset: dict, paths: list[str], input_size: int, hidden: int, x: torch.Tensor) -> list[Measured]:
     """The preset's stack once per path: ``fast`` as built, ``step`` with ``use_fused = False``,
-    ``parallel`` / ``loop`` with ``scan`` set so on every cell that has the option (none: no candidate)."""
+    ``parallel`` / ``loop`` with ``scan`` set so on every cell that has the option (none: no
+    candidate), ``projection``: its input projections alone (:class:`InputProjections`)."""
     stack = build_stack(preset, input_size, hidden_size=hidden).to(device=x.device, dtype=x.dtype).train()
     candidates = []
     for path in paths:
+        if path == "projection":
+            candidates.append(Measured(path, InputProjections(copy.deepcopy(stack), x), x))
+            continue
         module = stack if path == "fast" else copy.deepcopy(stack)
         for cell in module.cells:
             cell.use_fused = path != "step"
@@ -165,11 +191,11 @@ def bench_point(preset_name: str, preset: dict, paths: list[str], seq_len: int, 
         measure_interleaved(candidates + references, device, warmup, repeats)
     notes += sorted({f"{preset['name']}: {w.message}" for w in caught} - set(notes))
     share = other_cpu.share()
-    flops = candidates[0].module.flops_per_step()
     tokens = batch * seq_len
     loop = next((c for c in candidates if c.label == "step"), None)
     rows = []
     for candidate in candidates:
+        flops = candidate.module.flops_per_step()
         ms_fwd, ms_fwd_bwd = candidate.median_ms("fwd"), candidate.median_ms("fwd_bwd")
         with_loop = loop is not None and candidate is not loop
         base = {
@@ -281,7 +307,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--paths", type=name_list, default=["fast"],
                         help="fast (the cell's forward), step (use_fused=False: its loop), parallel / loop (fast with "
-                             "the scan cells' scan option forced); e.g. fast,step")
+                             "the scan cells' scan option forced), projection (the input GEMMs alone: the floor); "
+                             "e.g. fast,step")
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem: writes OUT.csv and OUT.json "
                              "(default results/speed/speed_<timestamp>)")

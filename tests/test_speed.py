@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import rnnbench.speed
 import rnnbench.timing
@@ -115,8 +116,9 @@ def test_scan_paths_force_the_scan_option_and_are_compared_with_the_step_loop(tm
 
     out = tmp_path / "paths"
     monkeypatch.setattr(rnnbench.speed, "build_candidates", recording)
-    main(["--cells", "qrnn,gru", "--paths", "fast,step,parallel,loop", "--threads", "1", "--out", str(out), *TINY])
-    for candidate in built:
+    main(["--cells", "qrnn,gru", "--paths", "fast,step,parallel,loop,projection", "--threads", "1", "--out", str(out),
+          *TINY])
+    for candidate in (c for c in built if c.label != "projection"):
         scans = {cell.scan for cell in candidate.module.cells if hasattr(cell, "scan")}
         if candidate.label in ("parallel", "loop"):
             assert scans == {candidate.label}
@@ -124,9 +126,27 @@ def test_scan_paths_force_the_scan_option_and_are_compared_with_the_step_loop(tm
             assert scans <= {"auto"}
     rows = json.loads((tmp_path / "paths.json").read_text())
     assert {(row["preset"], row["path"]) for row in rows} == {
-        ("qrnn", "fast"), ("qrnn", "step"), ("qrnn", "parallel"), ("qrnn", "loop"), ("gru", "fast"), ("gru", "step")}
+        ("qrnn", "fast"), ("qrnn", "step"), ("qrnn", "parallel"), ("qrnn", "loop"), ("qrnn", "projection"),
+        ("gru", "fast"), ("gru", "step"), ("gru", "projection")}
     for row in rows:
         assert (row["ratio_to_loop_fwd_bwd"] is None) == (row["path"] == "step")
+        assert (row["gflops_fwd_bwd"] is None) == (row["path"] == "projection")
+
+
+def test_projection_path_is_the_cells_input_projections_alone():
+    """Path ``projection`` computes exactly each cell's ``input_projection`` of its own
+    input, and its gradient reaches those weights and no recurrent one."""
+    stack = rnnbench.speed.build_stack({"name": "gru", "num_layers": 2, "bidirectional": True, "dropout": 0.0},
+                                       3, hidden_size=4)
+    x = torch.randn(2, 5, 3)
+    floor = rnnbench.speed.InputProjections(stack, x)
+    assert [u.shape for u in floor.inputs] == [(5, 2, 3), (5, 2, 3), (5, 2, 8), (5, 2, 8)]
+    expected = sum(cell.input_projection(u).sum() for cell, u in zip(stack.cells, floor.inputs))
+    (total,) = floor(x)
+    assert torch.allclose(total, expected)
+    total.backward()
+    touched = {name for name, p in floor.named_parameters() if p.grad is not None}
+    assert touched and all("ih" in name for name in touched), touched
 
 
 def test_speed_code_names_no_cell():
