@@ -7,22 +7,18 @@ implementation available, in the same process.
 Method
 ------
 - **What runs.** Each cell preset (``conf/cell/*.yaml``, default: all of them) is
-  built as a :class:`~rnnbench.stack.CellStack` with the preset's layers, direction,
-  dropout and cell options, at every point of the grid (T, batch, hidden, input
-  size), by :func:`rnnbench.experiment.build_stack` (as a run builds it; options that
-  depend on the task resolved without one), in training mode, on a random input
-  ``(B, T, input_size)``. Path ``fast`` is the stack's ``forward`` (each cell's
-  ``fused_forward`` where it has one); path ``step`` is the same stack with
-  ``use_fused = False`` on every cell (``Cell.loop_forward``: one projection GEMM,
-  then the recurrence step by step). Paths ``parallel`` and ``loop`` are ``fast`` with
-  the scan cells' ``scan`` option forced (:data:`rnnbench.scans.SCANS`: the parallel scan,
-  or the fused loop; ``fast`` runs the preset's, ``auto``); a preset whose cells have no
-  such option gets no row for them. Path ``projection`` is the floor under every path:
-  only each cell's input projection of all T steps in one matrix product
-  (``Cell.input_projection``, forward and backward, on a random input of the cell's
-  width), the work that no way of running the recurrence avoids; its ratio to the
-  step loop bounds the speed-up any recurrence could reach. The preset's inter-layer dropout is kept (it is
-  part of what a training step costs), while references run with ``dropout=0``.
+  built as a :class:`~rnnbench.stack.CellStack` by :func:`rnnbench.experiment.build_stack`
+  (as a run builds it: layers, direction, dropout, options; task-dependent options
+  resolved without a task) at every grid point (T, batch, hidden, input size), in
+  training mode, on a random input ``(B, T, input_size)``. Paths: ``fast``, the stack's
+  ``forward`` (each cell's ``fused_forward`` where it has one); ``step``, the same with
+  ``use_fused = False`` (``Cell.loop_forward``: one projection GEMM, then step by step);
+  ``parallel`` / ``loop``, ``fast`` with the scan cells' ``scan`` option forced
+  (:data:`rnnbench.scans.SCANS`; presets without one get no row); ``projection``, the
+  floor: each cell's ``input_projection`` of all T steps alone (one GEMM, forward and
+  backward), the work no way of running the recurrence avoids, so its ratio to ``step``
+  bounds any speed-up. The preset's inter-layer dropout is kept (part of a training
+  step's cost); references run with ``dropout=0``.
 - **References**: what the cell class declares (``Cell.reference_modules``: the best existing
   implementation of the same or the closest layer), with the same input and hidden sizes,
   layers and direction. A time-first reference gets the input transposed once,
@@ -86,11 +82,10 @@ from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from .experiment import build_stack, cell_options
 from .registry import CELLS
-from .timing import Measured, OtherCpu, measure_interleaved, paired_ratio
+from .timing import InputProjections, Measured, OtherCpu, measure_interleaved, paired_ratio
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PATHS = ("fast", "step", "parallel", "loop", "projection")
@@ -124,23 +119,6 @@ def resolve_preset(path: Path, seq_len: int) -> dict:
     """The preset as a plain dict, interpolations resolved with ``task.seq_len = seq_len``."""
     config = OmegaConf.create({"cell": OmegaConf.load(path), "task": {"seq_len": seq_len}})
     return OmegaConf.to_container(config.cell, resolve=True)
-
-
-class InputProjections(nn.Module):
-    """Path ``projection``: every cell's ``input_projection`` of a random time-first input of
-    its width, ``(T, B, input_size)``, summed to one number (module docstring)."""
-
-    def __init__(self, stack: nn.Module, x: torch.Tensor):
-        super().__init__()
-        self.projecting = nn.ModuleList(stack.cells)
-        self.inputs = [torch.randn(x.shape[1], x.shape[0], cell.input_size, device=x.device, dtype=x.dtype)
-                       for cell in stack.cells]
-
-    def forward(self, _: torch.Tensor) -> tuple[torch.Tensor]:
-        return (sum(cell.input_projection(u).sum() for cell, u in zip(self.projecting, self.inputs)),)
-
-    def flops_per_step(self) -> None:
-        return None  # not a cell's step: no GFLOP/s column
 
 
 def build_candidates(preset: dict, paths: list[str], input_size: int, hidden: int, x: torch.Tensor) -> list[Measured]:

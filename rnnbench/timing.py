@@ -1,6 +1,7 @@
 """Measurement for ``rnnbench-speed`` (:mod:`rnnbench.speed`): interleaved timing of
-modules in one process, paired ratios, and the share of the CPUs other processes used
-meanwhile. Nothing here knows about cells or presets."""
+modules in one process, paired ratios, the share of the CPUs other processes used
+meanwhile, and the floor path's module (the input projections alone). Nothing here
+knows about a particular cell or preset."""
 
 from __future__ import annotations
 
@@ -66,6 +67,23 @@ class Measured:
 
     def min_ms(self, which: str) -> float:
         return min(getattr(self, which)) * 1e3
+
+
+class InputProjections(nn.Module):
+    """Path ``projection``: every cell's ``input_projection`` of a random time-first input of
+    its width, ``(T, B, input_size)``, summed to one number (:mod:`rnnbench.speed`: the floor under every path)."""
+
+    def __init__(self, stack: nn.Module, x: torch.Tensor):
+        super().__init__()
+        self.projecting = nn.ModuleList(stack.cells)
+        self.inputs = [torch.randn(x.shape[1], x.shape[0], cell.input_size, device=x.device, dtype=x.dtype)
+                       for cell in stack.cells]
+
+    def forward(self, _: torch.Tensor) -> tuple[torch.Tensor]:
+        return (sum(cell.input_projection(u).sum() for cell, u in zip(self.projecting, self.inputs)),)
+
+    def flops_per_step(self) -> None:
+        return None  # not a cell's step: no GFLOP/s column
 
 
 def measure_interleaved(modules: list[Measured], device: torch.device, warmup: int, repeats: int) -> None:

@@ -139,7 +139,7 @@ def test_projection_path_is_the_cells_input_projections_alone():
     stack = rnnbench.speed.build_stack({"name": "gru", "num_layers": 2, "bidirectional": True, "dropout": 0.0},
                                        3, hidden_size=4)
     x = torch.randn(2, 5, 3)
-    floor = rnnbench.speed.InputProjections(stack, x)
+    floor = rnnbench.timing.InputProjections(stack, x)
     assert [u.shape for u in floor.inputs] == [(5, 2, 3), (5, 2, 3), (5, 2, 8), (5, 2, 8)]
     expected = sum(cell.input_projection(u).sum() for cell, u in zip(stack.cells, floor.inputs))
     (total,) = floor(x)
