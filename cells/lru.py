@@ -66,7 +66,8 @@ class LRU(Cell):
     """LRU layer (Orvieto et al. 2023): complex diagonal linear recurrence, exponential
     parametrisation, ring initialisation, γ normalisation, ``y = Re(C x) + D u``."""
 
-    option_examples = [{"state_dim": 3}, {"glu": True}, {"scan": "parallel"}, {"scan": "loop"}]  # (and D a vector: input_size == hidden_size, a size the contract runs)
+    # (and D a vector: input_size == hidden_size, a size the contract runs)
+    option_examples = [{"state_dim": 3}, {"glu": True}, {"scan": "parallel"}, {"scan": "loop"}]
 
     def __init__(self, input_size: int, hidden_size: int, state_dim: Optional[int] = None, r_min: float = 0.0,
                  r_max: float = 1.0, max_phase: float = 6.28, glu: bool = False, scan: str = "auto"):

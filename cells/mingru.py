@@ -61,7 +61,8 @@ from torch.autograd.function import once_differentiable
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import SCANS, adjoint, linear_scan, log_space_scan, scan_blocks, times_previous_states, use_parallel_scan
+from rnnbench.scans import (SCANS, adjoint, linear_scan, log_space_scan, scan_blocks, times_previous_states,
+                            use_parallel_scan)
 
 
 def g(v: Tensor) -> Tensor:
