@@ -396,3 +396,21 @@ def test_speed_records_are_found_tabulated_and_plotted(tmp_path):
     assert len(report.speed) == 4 and set(report.speed["preset"]) == {"gru", "lstm"}
     rows = markdown_rows(tmp_path / "out" / "speed.md")
     assert {r["seq_len"] for r in rows} == {"50", "100"}
+
+
+def test_speed_plot_leaves_the_projection_floor_to_the_table(tmp_path):
+    """Paths of ``rnnbench-speed`` beyond fast each get a line (``preset (path)``) in the speed
+    plot, except the ``projection`` floor (one GEMM, not a training step), which the table keeps."""
+    from rnnbench.speed import COLUMNS
+
+    root = tmp_path / "results"
+    write_record(root, "gru_0")  # a report needs a run
+    rows = [{**{c: "" for c in COLUMNS}, "preset": "qrnn", "cell": "qrnn", "path": path, "seq_len": T, "batch": 8,
+             "hidden": 16, "ms_fwd_bwd": 2.0, "tokens_per_s_fwd_bwd": 8 * T / 2.0 * 1000}
+            for path in ("fast", "loop", "projection") for T in (50, 100)]
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "speed_bench.csv", index=False)
+    figures = {}
+    report = build_report(root, tmp_path / "out", on_figure=lambda name, fig: figures.update({name: fig}))
+    assert set(report.speed["path"]) == {"fast", "loop", "projection"}
+    assert {line.get_label() for line in figures["speed"].axes[0].get_lines()
+            if not line.get_label().startswith("_")} == {"qrnn (fast)", "qrnn (loop)"}
