@@ -1,7 +1,8 @@
 """The fast paths of the scan cells (minGRU, minLSTM, QRNN, LRU), by each scan (``scan``:
-the parallel scan and the fused loop), against their step references at the tolerances their issue states: float64 to 1e-10 and float32 to 1e-5 in
-values and every gradient, with variable lengths and an initial state; and the log-space scan
-at a long sequence (4,096 steps), where its cumulative sums are most delicate."""
+the parallel scan and the fused loop), against their step references at the tolerances
+their issue states: float64 to 1e-10 and float32 to 1e-5 in values and every gradient, with
+variable lengths and an initial state; and the log-space scan at a long sequence (4,096
+steps), where its cumulative sums are most delicate."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_min_rnn_activation_g_is_the_papers_piecewise_function():
     derivative against autograd of the piecewise ``log g``, in float64, at 0 and far out."""
     from rnnbench.cells.mingru import g, log_g, log_g_derivative
 
-    v = torch.cat([torch.linspace(-40, 40, 8001, dtype=torch.float64), torch.tensor([0.0, -1e-300, 1e-300, 1e4])])
+    v = torch.cat([torch.linspace(-40, 40, 8001, dtype=torch.float64), torch.tensor([0.0, -1e-300, 1e-300, 1e4], dtype=torch.float64)])
     paper = torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
     assert torch.equal(g(v), paper)
     # log σ(v) as -softplus(-v) (stable); an absolute error in log g is a relative error in g
