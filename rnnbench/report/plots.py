@@ -252,7 +252,8 @@ def lr_sensitivity(figures: Figures, tuning: pd.DataFrame) -> None:
 def speed(figures: Figures, speed_rows: pd.DataFrame) -> None:
     """Training-step throughput (forward + backward) of every preset and path vs T (rnnbench-speed);
     not the ``projection`` floor (one GEMM, not a training step: it stays in the table)."""
-    speed_rows = speed_rows[speed_rows["path"] != "projection"]
+    if not speed_rows.empty:
+        speed_rows = speed_rows[speed_rows["path"] != "projection"]
     if speed_rows.empty:
         return
     rows = speed_rows.drop_duplicates(subset=["preset", "path", "seq_len", "batch", "hidden", "source"])
