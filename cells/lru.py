@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_int, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import SCANS, linear_scan, scan_blocks, use_parallel_scan
+from rnnbench.scans import checked_scan, linear_scan, scan_blocks, use_parallel_scan
 
 LRUState = tuple[Tensor, Tensor]  # (x.real, x.imag), each (B, N)
 
@@ -78,8 +78,7 @@ class LRU(Cell):
               (r_min, r_max), "0 <= cell.r_min < cell.r_max <= 1 (the ring |λ| is drawn from)")
         check(is_number(max_phase) and max_phase > 0, "cell.max_phase", max_phase, "a number > 0 (radians)")
         check(isinstance(glu, bool), "cell.glu", glu, "true or false")
-        check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
-        self.scan = scan
+        self.scan = checked_scan(scan)
         self.state_dim = hidden_size if state_dim is None else state_dim
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         N, H, I = self.state_dim, hidden_size, input_size

@@ -61,7 +61,7 @@ from torch.autograd.function import once_differentiable
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import (SCANS, adjoint, linear_scan, log_space_scan, scan_blocks, times_previous_states,
+from rnnbench.scans import (adjoint, checked_scan, linear_scan, log_space_scan, scan_blocks, times_previous_states,
                             use_parallel_scan)
 
 
@@ -167,8 +167,7 @@ class _MinRNN(Cell):
         check(is_number(expansion) and expansion > 0 and round(expansion * hidden_size) >= 1, "cell.expansion",
               expansion, "a number > 0 (the state has round(expansion * hidden_size) >= 1 units; 1.0: no projection)")
         check(isinstance(log_space, bool), "cell.log_space", log_space, "true or false")
-        check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
-        self.bias, self.expansion, self.log_space, self.scan = bias, float(expansion), log_space, scan
+        self.bias, self.expansion, self.log_space, self.scan = bias, float(expansion), log_space, checked_scan(scan)
         self.inner_size = round(self.expansion * hidden_size)
         self.linear = nn.Linear(input_size, self.num_gates * self.inner_size, bias=bias)
         self.out = nn.Linear(self.inner_size, hidden_size, bias=False) if self.expansion != 1.0 else None

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from rnnbench.cell import Cell, Reference
 from rnnbench.errors import check, is_int, is_number
 from rnnbench.registry import register_cell
-from rnnbench.scans import SCANS, linear_scan, scan_blocks, use_parallel_scan
+from rnnbench.scans import checked_scan, linear_scan, scan_blocks, use_parallel_scan
 
 POOLINGS = {"f": ("z", "f"), "fo": ("z", "f", "o"), "ifo": ("z", "f", "o", "i")}
 QRNNState = Union[Tensor, tuple[Tensor, Tensor]]  # c, or (c, x_prev) for window > 1
@@ -76,8 +76,8 @@ class QRNN(Cell):
               f"one of {', '.join(POOLINGS)}")
         check(is_number(zoneout) and 0.0 <= zoneout < 1.0, "cell.zoneout", zoneout, "a number in [0, 1)")
         check(isinstance(bias, bool), "cell.bias", bias, "true or false")
-        check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
-        self.window, self.pooling, self.zoneout, self.bias, self.scan = window, pooling, float(zoneout), bias, scan
+        self.window, self.pooling, self.zoneout, self.bias = window, pooling, float(zoneout), bias
+        self.scan = checked_scan(scan)
         self.gate_names = (*POOLINGS[pooling], "c")
         self.num_gates = len(POOLINGS[pooling])
         self.linear = nn.Linear(window * input_size, self.num_gates * hidden_size, bias=bias)

@@ -47,7 +47,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .errors import check
+
 SCANS = ("auto", "parallel", "loop")  # the values of a scan cell's ``scan`` option
+
+
+def checked_scan(scan: str) -> str:
+    """``scan`` if it is one of :data:`SCANS`, else a clear error (a cell's option check)."""
+    check(scan in SCANS, "cell.scan", scan, "one of " + ", ".join(SCANS))
+    return scan
 
 
 def use_parallel_scan(scan: str, device: torch.device) -> bool:
